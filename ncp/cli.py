@@ -1,0 +1,147 @@
+"""The `ncp` command: one sub-command per DAG stage, each a thin call into its stage module.
+
+Parameters come from params YAML files (``--params a.yaml b.yaml``, later files overlay earlier ones) or,
+from Snakemake, as the JSON of just the sections the stage reads (``--params-json``). Either way they
+are checked against the schema before anything runs. File paths are explicit arguments, so the same
+command works by hand, from Snakemake and from DVC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ncp.config import ConfigError, ExperimentConfig, deep_merge, load_params_files, resolve_params
+
+
+def _add_params(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--params", nargs="+", type=Path, default=None, help="params YAML files, later overlaying earlier")
+    group.add_argument("--params-json", default=None, help="params as JSON (what Snakemake passes)")
+
+
+def _config(args: argparse.Namespace) -> ExperimentConfig:
+    if args.params_json is not None:
+        try:
+            params = json.loads(args.params_json)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"--params-json is not valid JSON: {error.msg} at character {error.pos}") from None
+        return ExperimentConfig.from_params(params)
+    if args.params:
+        return ExperimentConfig.from_params(load_params_files(args.params))
+    return ExperimentConfig.from_params(resolve_params({}))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ncp", description="NCP-VAE stages (see the README and the Snakefile).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+
+    p = commands.add_parser("prepare-data", help="load a dataset by name and write its train/test splits")
+    _add_params(p)
+    p.add_argument("--train-out", type=Path, required=True)
+    p.add_argument("--test-out", type=Path, required=True)
+
+    p = commands.add_parser("train-vae", help="stage 1: train the backbone VAE")
+    _add_params(p)
+    p.add_argument("--train-data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--work-dir", type=Path, required=True, help="resume state (not a declared output)")
+
+    p = commands.add_parser("cache-latents", help="stage 2a: (z_q, z_p, context) per group")
+    _add_params(p)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--train-data", type=Path, required=True)
+    p.add_argument("--out", type=Path, nargs="+", required=True, help="one file per latent group, in order")
+
+    p = commands.add_parser("train-nce", help="stage 2b: the classifier D_k of one group")
+    _add_params(p)
+    p.add_argument("--latents", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--metrics-out", type=Path, required=True)
+
+    p = commands.add_parser("sample", help="stage 3: images from the base prior or the NCP prior")
+    _add_params(p)
+    p.add_argument("--method", choices=["base", "sir", "ld"], required=True)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--classifiers", type=Path, nargs="*", default=[])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--grid", type=Path, required=True)
+
+    p = commands.add_parser("evaluate", help="stage 4: FID features, FID/KID, MMD, NLL")
+    p.add_argument("metric", choices=["features", "fid", "mmd", "nll"])
+    _add_params(p)
+    p.add_argument("--checkpoint", type=Path)
+    p.add_argument("--train-data", type=Path)
+    p.add_argument("--test-data", type=Path)
+    p.add_argument("--features", type=Path, help="feature network + reference statistics (from `evaluate features`)")
+    p.add_argument("--samples", type=Path, nargs="*", default=[])
+    p.add_argument("--latents", type=Path, nargs="*", default=[])
+    p.add_argument("--classifiers", type=Path, nargs="*", default=[])
+    p.add_argument("--out", type=Path, required=True)
+
+    p = commands.add_parser("tables", help="stage 5: summary.json and the result tables")
+    _add_params(p)
+    p.add_argument("--metrics-dir", type=Path, required=True)
+    p.add_argument("--summary-out", type=Path, required=True)
+    p.add_argument("--tables-dir", type=Path, required=True)
+    p.add_argument("--figures-dir", type=Path, required=True)
+
+    p = commands.add_parser("import-nvae", help="convert an official NVAE checkpoint to this project's format")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `ncp` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"ncp {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    command = args.command
+    if command == "import-nvae":
+        from ncp import import_nvae
+
+        import_nvae.run(args.checkpoint, args.out)
+        return 0
+    cfg = _config(args)
+    if command == "prepare-data":
+        from ncp import prepare_data
+
+        prepare_data.run(cfg.data, cfg.seed, args.train_out, args.test_out)
+    elif command == "train-vae":
+        from ncp import train_vae
+
+        train_vae.run(cfg.data, cfg.vae, cfg.seed, cfg.device, args.train_data, args.out, args.work_dir)
+    elif command == "cache-latents":
+        from ncp import cache_latents
+
+        cache_latents.run(cfg.cache, cfg.seed, cfg.device, args.checkpoint, args.train_data, args.out)
+    elif command == "train-nce":
+        from ncp import train_nce
+
+        train_nce.run(cfg.nce, cfg.seed, cfg.device, args.latents, args.out, args.metrics_out)
+    elif command == "sample":
+        from ncp import sample
+
+        sample.run(cfg.sample, args.method, cfg.seed, cfg.device, args.checkpoint, args.classifiers, args.out, args.grid)
+    elif command == "evaluate":
+        from ncp import evaluate
+
+        evaluate.run(args.metric, cfg, args)
+    elif command == "tables":
+        from ncp import tables
+
+        tables.run(cfg, args.metrics_dir, args.summary_out, args.tables_dir, args.figures_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""The contract between stage-1 VAEs and stage-2 NCP code.
+
+Every backbone (NVAE, the single-group MLP and conv VAEs) exposes its latent hierarchy the same way,
+so that latent caching, the NCE classifiers, SIR / Langevin sampling and the NLL estimator are written
+once. A latent *group* k has a prior ``p(z_k | z_<k)`` that the backbone hands out as a
+``torch.distributions.Distribution`` whose ``log_prob`` returns one number per image (batch shape
+``(B,)``, event shape = the group's latent shape), and a *context* ``c(z_<k)``: the decoder state that
+parameterises that prior (``None`` where the prior has no input, e.g. group 0 or a single-group VAE).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol, Sequence
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+# A rule that picks z_k for one group during ancestral sampling: (group index, prior p(z_k|z_<k) with
+# batch shape (B,), context c(z_<k) or None) -> z_k of shape (B, *group_shape). Plain sampling is
+# ``lambda k, prior, context: prior.sample()``; SIR and Langevin dynamics are other such rules.
+GroupSampler = Callable[[int, Distribution, Optional[Tensor]], Tensor]
+
+
+@dataclass
+class VAEOutput:
+    """What one encoder + decoder pass returns, per image and per latent group."""
+
+    logits: Tensor  # decoder output parameters, (B, C_out, H, W) or (B, D)
+    log_q: Tensor  # (B,) log q(z | x), summed over groups (post-flow where flows are used)
+    log_p: Tensor  # (B,) log p(z), summed over groups
+    kl: Tensor  # (B, K) KL(q || p) per group (single-sample estimate where flows are used)
+    latents: list[Tensor]  # z_k ~ q(z_k | z_<k, x), each (B, *group_shape)
+    contexts: list[Optional[Tensor]]  # c(z_<k) for each group, computed from the z_<k above
+    priors: list[Distribution]  # p(z_k | z_<k) for each group, batch shape (B,)
+
+
+@dataclass
+class PriorWalk:
+    """The result of ancestral sampling through the prior hierarchy."""
+
+    logits: Tensor  # decoder output parameters for the sampled z
+    latents: list[Tensor]  # the chosen z_k, each (B, *group_shape)
+    contexts: list[Optional[Tensor]]  # c(z_<k) each group was sampled with
+
+
+class LatentVAE(Protocol):
+    """A VAE whose latent hierarchy stage 2 can reweight (see the module docstring)."""
+
+    num_groups: int
+
+    def group_shapes(self) -> list[tuple[int, ...]]:
+        """Shape of z_k (without the batch dimension) for each group, in ancestral order."""
+
+    def context_shapes(self) -> list[Optional[tuple[int, ...]]]:
+        """Shape of c(z_<k) for each group, or None where the group has no context."""
+
+    def forward(self, x: Tensor, noise_scale: float = 1.0) -> VAEOutput:
+        """Encode x, sample every group from q (noise scaled by ``noise_scale``), decode."""
+
+    def log_px(self, logits: Tensor, x: Tensor) -> Tensor:
+        """log p(x | z) per image, (B,), for decoder output ``logits``."""
+
+    def walk_prior(
+        self, num_images: int, choose: GroupSampler, temperature: float = 1.0
+    ) -> PriorWalk:
+        """Ancestral sampling: for each group, build p(z_k|z_<k) (std scaled by temperature),
+        let ``choose`` pick z_k, feed it to the decoder; decode at the end."""
+
+    def sample(self, num_images: int, temperature: float = 1.0) -> Tensor:
+        """Decoder output parameters for images drawn from the base prior."""
+
+    def mean_image(self, logits: Tensor) -> Tensor:
+        """The image the decoder output stands for (its mean), (B, C, H, W) in [0, 1]."""
+
+
+def sample_from_prior(k: int, prior: Distribution, context: Optional[Tensor]) -> Tensor:
+    """The base prior's GroupSampler: draw z_k from p(z_k | z_<k)."""
+    return prior.sample()
+
+
+def stack_group_shapes(shapes: Sequence[tuple[int, ...]]) -> int:
+    """Total number of latent dimensions over the given group shapes."""
+    return int(sum(torch.Size(s).numel() for s in shapes))

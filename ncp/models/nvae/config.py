@@ -1,0 +1,204 @@
+"""NVAEConfig: NVAE's architecture flags as one frozen dataclass, with the values derived from them.
+
+NVAE (Vahdat & Kautz 2020, NVlabs/NVAE) passes its argparse Namespace into every constructor. Here the
+flags are read once (``NVAEConfig.from_args``), with NVAE's own defaults for keys that older checkpoints
+lack, and everything the model needs (groups per scale, shapes, likelihood) is a property of the config.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+CHANNEL_MULT = 2  # NVAE doubles channels at every downsampling and halves them at every upsampling
+LIKELIHOODS = ("bernoulli", "dmol", "normal")
+
+# NVAE's argparse defaults (train.py) for the architecture flags; evaluate.py back-fills ada_groups,
+# min_groups_per_scale and num_mixture_dec the same way for checkpoints saved before they existed.
+NVAE_DEFAULT_ARGS: dict[str, Any] = {
+    "dataset": "mnist",
+    "arch_instance": "res_mbconv",
+    "num_nf": 0,
+    "num_x_bits": 8,
+    "num_latent_scales": 1,
+    "num_groups_per_scale": 10,
+    "num_latent_per_group": 20,
+    "ada_groups": False,
+    "min_groups_per_scale": 1,
+    "num_channels_enc": 32,
+    "num_preprocess_blocks": 2,
+    "num_preprocess_cells": 3,
+    "num_cell_per_cond_enc": 1,
+    "num_channels_dec": 32,
+    "num_postprocess_blocks": 2,
+    "num_postprocess_cells": 3,
+    "num_cell_per_cond_dec": 1,
+    "num_mixture_dec": 10,
+    "use_se": False,
+    "res_dist": False,
+}
+
+# Grey-scale datasets NVAE models with a Bernoulli decoder; MNIST-like data are 28x28 padded to 32,
+# and NVAE scores only the central 28x28 (utils.reconstruction_loss, crop=True).
+_BINARY_DATASETS = {"mnist", "omniglot"}
+_CROPPED_DATASETS = {"mnist", "omniglot", "stacked_mnist"}
+_FIXED_SIZES = {"mnist": 32, "omniglot": 32, "stacked_mnist": 32, "cifar10": 32, "ffhq": 256}
+_SIZE_SUFFIX = re.compile(r"^(celeba|imagenet|lsun_[a-z]+)_(\d+)$")  # e.g. celeba_64, lsun_church_128
+
+
+def _dataset_size(dataset: str) -> Optional[int]:
+    """NVAE's input side for a dataset name (utils.get_input_size), or None if NVAE does not know it."""
+    if dataset in _FIXED_SIZES:
+        return _FIXED_SIZES[dataset]
+    match = _SIZE_SUFFIX.match(dataset)
+    return int(match.group(2)) if match else None
+
+
+@dataclass(frozen=True)
+class NVAEConfig:
+    """Architecture of one NVAE: the argparse flags NVAE reads, plus input and likelihood settings."""
+
+    dataset: str
+    input_channels: int  # 1 for MNIST-like data, 3 for colour images
+    input_size: int  # images are input_size x input_size
+    likelihood: str  # 'bernoulli', 'dmol' (discretised mixture of logistics) or 'normal'
+    likelihood_crop: int  # pixels dropped at each border when scoring log p(x|z) (2 for MNIST: 32 -> 28)
+    num_x_bits: int
+    num_mixture_dec: int
+    arch_instance: str
+    num_channels_enc: int
+    num_channels_dec: int
+    num_latent_scales: int
+    num_groups_per_scale: int
+    num_latent_per_group: int
+    ada_groups: bool
+    min_groups_per_scale: int
+    num_preprocess_blocks: int
+    num_preprocess_cells: int
+    num_postprocess_blocks: int
+    num_postprocess_cells: int
+    num_cell_per_cond_enc: int
+    num_cell_per_cond_dec: int
+    num_nf: int
+    use_se: bool
+    res_dist: bool
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any]) -> "NVAEConfig":
+        """Read NVAE's argparse values (missing keys get NVAE's defaults); the dataset name picks
+        the input shape and likelihood as NVAE does unless ``input_size``, ``input_channels``,
+        ``likelihood`` or ``likelihood_crop`` are given explicitly."""
+        if not isinstance(args, Mapping):
+            raise ValueError(f"NVAE args must be a dict (use vars(namespace)), got {type(args).__name__}")
+        full = {**NVAE_DEFAULT_ARGS, **args}
+        dataset = str(full["dataset"])
+        known_size = _dataset_size(dataset)
+        input_size = full.get("input_size", known_size)
+        if input_size is None:
+            raise ValueError(f"unknown NVAE dataset {dataset!r}: give input_size and input_channels explicitly")
+        input_channels = full.get("input_channels", 1 if dataset in _BINARY_DATASETS else 3)
+        if "likelihood" in full:
+            likelihood = str(full["likelihood"])
+        elif dataset in _BINARY_DATASETS:
+            likelihood = "bernoulli"
+        else:
+            likelihood = "normal" if int(full["num_mixture_dec"]) == 1 else "dmol"
+        crop = full.get("likelihood_crop", 2 if dataset in _CROPPED_DATASETS else 0)
+        # cast to the type of NVAE's default (JSON and argparse both give plain ints / bools / strings)
+        fields = {name: type(default)(full[name]) for name, default in NVAE_DEFAULT_ARGS.items() if name != "dataset"}
+        config = cls(
+            dataset=dataset,
+            input_channels=int(input_channels),
+            input_size=int(input_size),
+            likelihood=likelihood,
+            likelihood_crop=int(crop),
+            **fields,
+        )
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise a one-line ValueError for settings NVAE cannot build."""
+        from ncp.models.nvae.cells import ARCH_CELLS  # the cell tables live with the cells
+
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        if self.likelihood == "dmol" and self.input_channels != 3:
+            raise ValueError(f"the mixture-of-logistics decoder needs 3 input channels, got {self.input_channels}")
+        if self.arch_instance not in ARCH_CELLS:
+            raise ValueError(f"unknown arch_instance {self.arch_instance!r}; known: {sorted(ARCH_CELLS)}")
+        positive = ("input_channels", "input_size", "num_channels_enc", "num_channels_dec", "num_latent_scales",
+                    "num_groups_per_scale", "num_latent_per_group", "min_groups_per_scale", "num_x_bits",
+                    "num_mixture_dec", "num_preprocess_cells", "num_cell_per_cond_enc")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"NVAE flag {name} must be >= 1, got {getattr(self, name)}")
+        non_negative = ("num_preprocess_blocks", "num_postprocess_blocks", "num_postprocess_cells",
+                        "num_cell_per_cond_dec", "num_nf", "likelihood_crop")
+        for name in non_negative:
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"NVAE flag {name} must be >= 0, got {getattr(self, name)}")
+        if self.input_size % self.spatial_scaling != 0:
+            raise ValueError(f"input_size {self.input_size} is not divisible by 2^(preprocess blocks + "
+                             f"latent scales - 1) = {self.spatial_scaling}")
+        if 2 * self.likelihood_crop >= self.input_size:
+            raise ValueError(f"likelihood_crop {self.likelihood_crop} leaves no pixels of a {self.input_size} image")
+
+    # ---- derived values -------------------------------------------------------------------------
+    @property
+    def groups_per_scale(self) -> tuple[int, ...]:
+        """Groups per latent scale, listed from the HIGHEST resolution down (NVAE's utils.groups_per_scale):
+        with ada_groups every coarser scale gets half as many, but at least min_groups_per_scale."""
+        groups, n = [], self.num_groups_per_scale
+        for _ in range(self.num_latent_scales):
+            groups.append(n)
+            if self.ada_groups:
+                n = max(self.min_groups_per_scale, n // 2)
+        return tuple(groups)
+
+    @property
+    def groups_per_decoder_scale(self) -> tuple[int, ...]:
+        """Groups per latent scale in top-down (decoder) order: coarsest scale first."""
+        return tuple(reversed(self.groups_per_scale))
+
+    @property
+    def num_groups(self) -> int:
+        """Total number of latent groups."""
+        return sum(self.groups_per_scale)
+
+    @property
+    def is_vanilla(self) -> bool:
+        """One scale with one group: NVAE then drops both towers and decodes z with a 1x1 conv."""
+        return self.num_latent_scales == 1 and self.num_groups_per_scale == 1
+
+    @property
+    def spatial_scaling(self) -> int:
+        """Downsampling factor from the input to the coarsest latent scale."""
+        return 2 ** (self.num_preprocess_blocks + self.num_latent_scales - 1)
+
+    @property
+    def top_channel_mult(self) -> int:
+        """Channel multiplier (over num_channels_*) at the coarsest latent scale."""
+        return CHANNEL_MULT ** (self.num_preprocess_blocks + self.num_latent_scales - 1)
+
+    def decoder_scale_side(self, scale: int) -> int:
+        """Spatial side of decoder scale ``scale`` (0 = coarsest)."""
+        return self.input_size // self.spatial_scaling * 2**scale
+
+    def decoder_scale_channels(self, scale: int) -> int:
+        """Width of the decoder state at decoder scale ``scale`` (0 = coarsest)."""
+        return int(self.num_channels_dec * self.top_channel_mult / CHANNEL_MULT**scale)
+
+    def group_scales(self) -> list[int]:
+        """Decoder scale index of each latent group, in ancestral (decoder) order."""
+        return [scale for scale, count in enumerate(self.groups_per_decoder_scale) for _ in range(count)]
+
+    @property
+    def output_channels(self) -> int:
+        """Channels of the decoder output (the likelihood's parameters)."""
+        if self.likelihood == "bernoulli":
+            return self.input_channels
+        if self.likelihood == "normal":
+            return 2 * self.input_channels
+        return 10 * self.num_mixture_dec  # per mixture: logit, and 3 x (mean, log-scale, RGB coupling)

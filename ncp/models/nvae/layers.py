@@ -1,0 +1,110 @@
+"""NVAE's basic layers: weight-normalised convolutions, BatchNorm(+Swish) and squeeze-and-excitation.
+
+Module and parameter names follow NVAE's neural_operations.py so that official checkpoints load with
+``strict=True``; where NVAE's names come from an implementation detail (a SyncBatchNorm wrapper, a
+parameter alias) the class below says so.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+BN_EPS = 1e-5
+BN_MOMENTUM = 0.05  # NVAE's running-statistics momentum in every BatchNorm
+
+
+def weight_normalize(weight: Tensor, log_weight_norm: Tensor) -> Tensor:
+    """w = exp(log_g) * v / (||v|| + 1e-5), the norm taken per output channel (NVAE's normalize_weight_jit)."""
+    norm = torch.sqrt(torch.sum(weight * weight, dim=[1, 2, 3])).view(-1, 1, 1, 1)  # (C_out, 1, 1, 1)
+    return torch.exp(log_weight_norm) * weight / (norm + 1e-5)
+
+
+class WeightNormConv2d(nn.Conv2d):
+    """NVAE's Conv2D with weight normalisation: trainable ``log_weight_norm`` = log g per output channel,
+    initialised to log(||v|| + 0.01) so the initial kernel is (almost) the default-initialised one."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 padding: int = 0, dilation: int = 1, groups: int = 1, bias: bool = False) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        self.log_weight_norm = nn.Parameter(self._initial_log_norm())
+
+    def _initial_log_norm(self) -> Tensor:
+        weight = self.weight.detach()
+        return torch.log(torch.sqrt(torch.sum(weight * weight, dim=[1, 2, 3])).view(-1, 1, 1, 1) + 1e-2)
+
+    def normalized_weight(self) -> Tensor:
+        """The kernel the convolution applies (also the matrix whose spectral norm NVAE regularises)."""
+        return weight_normalize(self.weight, self.log_weight_norm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Convolve with the weight-normalised kernel."""
+        return F.conv2d(x, self.normalized_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class PlainConv2d(nn.Conv2d):
+    """NVAE's Conv2D with ``weight_norm=False`` (inside inverted residuals).
+
+    NVAE stores the raw kernel a second time under ``<name>.weight_normalized`` (an accidental parameter
+    alias), so official state dicts carry that key. We write it on save and drop it on load, so state dicts
+    match NVAE's in both directions while the module holds only ``weight``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 padding: int = 0, dilation: int = 1, groups: int = 1, bias: bool = False) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        self.register_state_dict_post_hook(_add_weight_alias)
+        self.register_load_state_dict_pre_hook(_drop_weight_alias)
+
+    def normalized_weight(self) -> Tensor:
+        """The kernel (no normalisation); listed for the spectral regulariser as NVAE does."""
+        return self.weight
+
+
+def _add_weight_alias(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    state_dict[prefix + "weight_normalized"] = state_dict[prefix + "weight"]
+
+
+def _drop_weight_alias(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    # NVAE's forward overwrites the alias with `weight` before use, so the stored copy carries no information.
+    state_dict.pop(prefix + "weight_normalized", None)
+
+
+class BatchNormSwish(nn.BatchNorm2d):
+    """BatchNorm followed by Swish (NVAE's fused SyncBatchNormSwish, which on one process is exactly this)."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__(num_features, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Normalise, then x * sigmoid(x)."""
+        return F.silu(super().forward(x))
+
+
+class WrappedBatchNorm(nn.Module):
+    """A BatchNorm2d held as child ``bn``: NVAE wraps its SyncBatchNorm this way, which puts an extra
+    ``.bn`` in the parameter names (e.g. ``_ops.0.conv.0.bn.weight``)."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(num_features, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Batch-normalise x."""
+        return self.bn(x)
+
+
+class SqueezeExcitation(nn.Module):
+    """Channel gating: global average pool -> Linear(C, max(C/16, 4)) -> ReLU -> Linear -> sigmoid."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        hidden = max(channels // 16, 4)
+        self.se = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True),
+                                nn.Linear(hidden, channels), nn.Sigmoid())
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Scale each channel of x by a gate computed from its spatial mean."""
+        gate = self.se(torch.mean(x, dim=[2, 3]))  # (B, C)
+        return x * gate.view(gate.size(0), -1, 1, 1)  # (B, C, H, W)

@@ -1,0 +1,70 @@
+"""Build any backbone by name, and save / load it in this project's checkpoint format.
+
+A checkpoint is a plain dict (loadable with ``weights_only=True``): the format tag, the backbone's
+name and constructor arguments, its weights, and the base prior it ended training with. That is all
+a later stage needs to rebuild the model, in the spirit of nanoGPT's ``model_args``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ncp.runtime import atomic_save, load_torch
+
+CHECKPOINT_FORMAT = "ncp-vae/1"
+ARCHES = ("nvae", "mlp", "conv")
+
+
+def build_vae(arch: str, arch_args: dict) -> torch.nn.Module:
+    """A fresh backbone of kind ``arch`` ('nvae', 'mlp' or 'conv') from its constructor arguments."""
+    if arch == "nvae":
+        from ncp.models.nvae import NVAE
+
+        return NVAE.from_args(arch_args)
+    if arch == "mlp":
+        from ncp.models.mlp_vae import MLPVAE
+
+        return MLPVAE.from_config(arch_args)
+    if arch == "conv":
+        from ncp.models.conv_vae import ConvVAE
+
+        return ConvVAE.from_config(arch_args)
+    raise ValueError(f"unknown VAE arch {arch!r}; expected one of {', '.join(ARCHES)}")
+
+
+def save_vae_checkpoint(
+    model: torch.nn.Module, arch: str, arch_args: dict, path: str | Path, **extra: Any
+) -> None:
+    """Write the backbone's weights and how to rebuild it; ``extra`` holds e.g. training stats."""
+    atomic_save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "arch": arch,
+            "arch_args": arch_args,
+            "state_dict": model.state_dict(),
+            "base_prior": getattr(model, "base_prior_spec", lambda: {"kind": "gaussian"})(),
+            **extra,
+        },
+        path,
+    )
+
+
+def load_vae_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """Rebuild a backbone from a checkpoint, load its weights strictly, freeze it, eval mode."""
+    checkpoint = load_torch(path)
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path} is not an ncp-vae checkpoint (an official NVAE file? convert it with `ncp import-nvae`)"
+        )
+    model = build_vae(checkpoint["arch"], checkpoint["arch_args"])
+    prior_spec = checkpoint.get("base_prior", {"kind": "gaussian"})
+    if prior_spec.get("kind", "gaussian") != "gaussian":
+        model.install_base_prior(prior_spec)
+    model.load_state_dict(checkpoint["state_dict"], strict=True)
+    model.to(device).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model

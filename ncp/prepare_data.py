@@ -1,0 +1,20 @@
+"""Stage 0 (`ncp prepare-data`): load a dataset by name and write its train and test splits.
+
+The splits are stored as uint8 tensors (N, C, H, W), padded as NVAE pads (MNIST to 32x32); binary
+datasets are binarised afresh each time a batch is drawn (dynamic binarisation), never here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ncp.config import DataConfig
+from ncp.data import load_dataset, save_image_set
+
+
+def run(data: DataConfig, seed: int, train_out: Path, test_out: Path) -> None:
+    """Write ``train_out`` and ``test_out`` for the configured dataset."""
+    for split, limit, out in (("train", data.train_limit, train_out), ("test", data.test_limit, test_out)):
+        image_set = load_dataset(data.name, root=data.root, split=split, limit=limit, seed=seed, download=data.download)
+        save_image_set(image_set, out)
+        print(f"{data.name}/{split}: {len(image_set.images)} images of shape {tuple(image_set.images.shape[1:])} -> {out}")

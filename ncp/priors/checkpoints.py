@@ -1,0 +1,28 @@
+"""Load the per-group classifiers written by `ncp train-nce` back into an NCP prior."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ncp.priors.classifiers import build_classifier
+from ncp.priors.ncp_prior import NCPPrior
+from ncp.runtime import load_torch
+
+
+def load_ncp_prior(classifier_files: Sequence[str | Path], device: torch.device | str = "cpu") -> NCPPrior:
+    """An NCPPrior whose group k uses the classifier in ``classifier_files[k]`` (frozen, eval mode)."""
+    classifiers = []
+    for k, path in enumerate(classifier_files):
+        saved = load_torch(path)
+        if int(saved["group"]) != k:
+            raise ValueError(f"{path} holds the classifier of group {saved['group']}, expected group {k}")
+        classifier = build_classifier(**saved["build_args"])
+        classifier.load_state_dict(saved["state_dict"])
+        classifier.to(device).eval()
+        for parameter in classifier.parameters():
+            parameter.requires_grad_(False)
+        classifiers.append(classifier)
+    return NCPPrior(classifiers)

@@ -1,0 +1,170 @@
+"""Stage 1 (`ncp train-vae`): train the backbone VAE with its base prior.
+
+NVAE's recipe (Vahdat & Kautz 2020, train.py): Adamax, linear LR warm-up then cosine decay, a KL weight
+that ramps from ``kl_const_coeff`` to 1 over the first ``kl_anneal_portion`` of training, KL balancing
+across groups while that weight is below 1, and spectral + BatchNorm regularisation. Resume state is
+written every ``checkpoint_every`` steps to an undeclared work folder, so a killed job resumes; only the
+final checkpoint is the rule's output.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ncp.config import DataConfig, VAEConfig, VAETrainConfig
+from ncp.data import iterate_batches, load_image_set
+from ncp.models.registry import build_vae, load_vae_checkpoint, save_vae_checkpoint
+from ncp.runtime import atomic_save, load_torch, pick_device, seed_everything
+
+RESUME_FILE = "resume.pt"
+
+
+def learning_rate(step: int, total_steps: int, warmup_steps: int, lr: float, lr_min: float) -> float:
+    """LR at ``step``: (1) linear warm-up from 0 to ``lr``; (2) cosine decay from ``lr`` to ``lr_min``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def kl_weight(step: int, total_steps: int, anneal_portion: float, const_portion: float, min_coeff: float) -> float:
+    """NVAE's KL warm-up: beta = clamp((step - c T) / (a T), min_coeff, 1)."""
+    if anneal_portion <= 0:
+        return 1.0
+    beta = (step - const_portion * total_steps) / (anneal_portion * total_steps)
+    return max(min(beta, 1.0), min_coeff)
+
+
+def nvae_arch_args(vae: VAEConfig, data: DataConfig) -> dict:
+    """NVAE's arguments for this dataset: the params' `vae.nvae` with the dataset filled in."""
+    dataset_for = {"mnist5k": "mnist", "mnist": "mnist", "idx": "mnist", "cifar10": "cifar10", "celeba64": "celeba_64"}
+    args = dict(vae.nvae)
+    args.setdefault("dataset", dataset_for[data.name])
+    return args
+
+
+def arch_args_for(vae: VAEConfig, data: DataConfig) -> dict:
+    """Constructor arguments of the configured backbone."""
+    if vae.arch == "nvae":
+        return nvae_arch_args(vae, data)
+    return dict(vae.mlp if vae.arch == "mlp" else vae.conv)
+
+
+def vae_loss(model, x: torch.Tensor, beta: float, train: VAETrainConfig, is_nvae: bool) -> tuple[torch.Tensor, dict]:
+    """Negative ELBO with KL weight ``beta`` (balanced across groups for NVAE) plus NVAE's regulariser."""
+    output = model(x)
+    recon = -model.log_px(output.logits, x)  # (B,)
+    kl_per_group = output.kl  # (B, K)
+    if is_nvae and train.kl_balance and beta < 1.0 and kl_per_group.shape[1] > 1:
+        from ncp.models.nvae import kl_balance_coefficients
+
+        coefficients = kl_balance_coefficients(kl_per_group, model.kl_alpha())  # (K,), detached
+        kl_term = beta * (kl_per_group * coefficients).sum(dim=1)
+    else:
+        kl_term = beta * kl_per_group.sum(dim=1)
+    loss = (recon + kl_term).mean()
+    stats = {"recon": recon.mean().item(), "kl": kl_per_group.sum(dim=1).mean().item()}
+    if is_nvae and train.weight_decay_norm > 0:
+        regulariser = model.spectral_loss() + model.batchnorm_loss()
+        loss = loss + train.weight_decay_norm * regulariser
+        stats["reg"] = float(regulariser)
+    stats["neg_elbo"] = stats["recon"] + stats["kl"]
+    return loss, stats
+
+
+def _optimizer(model, train: VAETrainConfig) -> torch.optim.Optimizer:
+    if train.optimizer == "adamax":  # NVAE: Adamax with eps 1e-3 and L2 weight decay
+        return torch.optim.Adamax(model.parameters(), lr=train.lr, eps=1e-3, weight_decay=train.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+
+
+def run(data: DataConfig, vae: VAEConfig, seed: int, device: str, train_data: Path, out: Path, work_dir: Path) -> None:
+    """Train the backbone on ``train_data`` and write its final checkpoint to ``out``."""
+    out, work_dir = Path(out), Path(work_dir)
+    if vae.init_checkpoint:
+        # Start from an imported (e.g. official NVAE) checkpoint: stage 1 is skipped, the file is reused.
+        load_vae_checkpoint(vae.init_checkpoint)  # fails early and clearly on a wrong file
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(vae.init_checkpoint, out)
+        return
+    torch_device = pick_device(device)
+    generator = seed_everything(seed)
+    train_set = load_image_set(train_data)
+    arch_args = arch_args_for(vae, data)
+    if vae.arch in ("mlp", "conv"):
+        arch_args.setdefault("data_mean", None)
+    model = build_vae(vae.arch, arch_args).to(torch_device)
+    optimizer = _optimizer(model, vae.train)
+    steps_per_epoch = math.ceil(len(train_set.images) / vae.train.batch_size)
+    total_steps = vae.train.epochs * steps_per_epoch
+    warmup_steps = int(vae.train.warmup_epochs * steps_per_epoch)
+
+    step, history = 0, []
+    resume_path = work_dir / RESUME_FILE
+    if resume_path.is_file():
+        state = load_torch(resume_path)
+        if state["arch_args"] == arch_args and state["total_steps"] == total_steps:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            step, history = state["step"], state["history"]
+            print(f"resuming stage-1 training at step {step}/{total_steps} from {resume_path}")
+
+    model.train()
+    started = time.time()
+    progress = tqdm(total=total_steps, initial=step, desc="train-vae", mininterval=2.0)
+    while step < total_steps:
+        # Each epoch is a fresh shuffle (and fresh binarisation) from the saved generator state.
+        for x in iterate_batches(train_set, vae.train.batch_size, shuffle=True, generator=generator, drop_last=True):
+            if step >= total_steps:
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, total_steps, warmup_steps, vae.train.lr, vae.train.lr_min)
+            beta = kl_weight(step, total_steps, vae.train.kl_anneal_portion, vae.train.kl_const_portion, vae.train.kl_const_coeff)
+            loss, stats = vae_loss(model, x.to(torch_device), beta, vae.train, vae.arch == "nvae")
+            optimizer.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite stage-1 loss at step {step}: lower vae.train.lr or raise weight_decay_norm")
+            loss.backward()
+            if vae.train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), vae.train.grad_clip)
+            optimizer.step()
+            step += 1
+            progress.update(1)
+            if step % 20 == 0 or step == total_steps:
+                history.append({"step": step, "beta": beta, **stats})
+                progress.set_postfix(neg_elbo=f"{stats['neg_elbo']:.1f}", kl=f"{stats['kl']:.1f}")
+            if step % vae.train.checkpoint_every == 0 and step < total_steps:
+                atomic_save(
+                    {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                     "step": step, "history": history, "arch_args": arch_args, "total_steps": total_steps},
+                    resume_path,
+                )
+    progress.close()
+    model.eval()
+    if vae.arch != "nvae" and vae.base_prior == "gmm":
+        _fit_gmm_base_prior(model, train_set, vae.gmm_components, seed, torch_device)
+    save_vae_checkpoint(
+        model, vae.arch, arch_args, out,
+        training={"steps": step, "seconds": time.time() - started, "history": history},
+    )
+    if resume_path.exists():
+        resume_path.unlink()
+
+
+@torch.no_grad()
+def _fit_gmm_base_prior(model, train_set, num_components: int, seed: int, device) -> None:
+    """RAE's second stage: a Gaussian mixture fitted to the posterior means becomes the base prior."""
+    from ncp.priors.gmm import fit_gmm_prior
+
+    means = []
+    generator = torch.Generator().manual_seed(seed)
+    for x in iterate_batches(train_set, 500, shuffle=False, generator=generator):
+        means.append(model(x.to(device), noise_scale=0.0).latents[0].cpu())
+    model.set_base_prior(fit_gmm_prior(torch.cat(means), num_components, seed))

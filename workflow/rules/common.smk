@@ -1,0 +1,48 @@
+# Validation, result paths and the per-stage params; no logic beyond what wiring needs.
+import json
+
+from ncp.config import num_latent_groups, resolve_params, stage_params_json
+
+
+validate(config, "../../ncp/params.schema.yaml")
+PARAMS = resolve_params(config)  # the same defaults and checks `ncp <stage>` applies
+RESULTS = f"results/{PARAMS['experiment']}"
+GROUPS = list(range(num_latent_groups(PARAMS["vae"])))
+SAMPLE_METHODS = ["base"] + list(PARAMS["sample"]["methods"])
+
+# The ncp/ modules each stage runs: declared as inputs, so a code change reruns exactly its jobs.
+_SHARED_CODE = ["ncp/config.py", "ncp/runtime.py", "ncp/cli.py", "ncp/params.schema.yaml"]
+_MODEL_CODE = ["ncp/models/base.py", "ncp/models/registry.py"] + sorted(
+    str(p) for p in Path("ncp/models").rglob("*.py") if p.name not in ("base.py", "registry.py", "__init__.py")
+)
+_PRIOR_CODE = ["ncp/priors/classifiers.py", "ncp/priors/ncp_prior.py", "ncp/priors/checkpoints.py"]
+STAGE_CODE = {
+    "prepare-data": _SHARED_CODE + ["ncp/prepare_data.py", "ncp/data/datasets.py"],
+    "train-vae": _SHARED_CODE + _MODEL_CODE + ["ncp/train_vae.py", "ncp/data/datasets.py", "ncp/priors/gmm.py"],
+    "cache-latents": _SHARED_CODE + _MODEL_CODE + ["ncp/cache_latents.py", "ncp/data/datasets.py"],
+    "train-nce": _SHARED_CODE + _PRIOR_CODE + ["ncp/train_nce.py", "ncp/priors/nce.py"],
+    "sample": _SHARED_CODE + _MODEL_CODE + _PRIOR_CODE
+    + ["ncp/sample.py", "ncp/samplers/sir.py", "ncp/samplers/langevin.py"],
+    "evaluate": _SHARED_CODE + _MODEL_CODE + _PRIOR_CODE
+    + ["ncp/evaluate.py", "ncp/data/datasets.py", "ncp/metrics/fid.py", "ncp/metrics/feature_nets.py",
+       "ncp/metrics/mmd.py", "ncp/metrics/nll.py", "ncp/metrics/log_z.py"],
+    "tables": _SHARED_CODE + ["ncp/tables.py", "ncp/paper_results.yaml"],
+}
+
+
+def code(stage):
+    """The code files a stage runs (a Snakemake input)."""
+    return [path for path in STAGE_CODE[stage] if Path(path).exists()]
+
+
+def params_json(stage):
+    """The params sections `stage` reads, as the JSON passed to `ncp <stage> --params-json`."""
+    return stage_params_json(PARAMS, stage)
+
+
+def all_outputs():
+    """What `snakemake` builds by default for this experiment."""
+    return [
+        f"{RESULTS}/metrics/summary.json",
+        f"{RESULTS}/tables/results.md",
+    ] + expand(f"{RESULTS}/figures/samples_{{method}}.png", method=SAMPLE_METHODS)

@@ -1,0 +1,13 @@
+rule prepare_data:
+    """Load the dataset named in the params and write its train/test splits."""
+    input:
+        code=code("prepare-data"),
+    output:
+        train=f"{RESULTS}/data/train.pt",
+        test=f"{RESULTS}/data/test.pt",
+    params:
+        cfg=params_json("prepare-data"),
+    log:
+        f"{RESULTS}/logs/prepare_data.log",
+    shell:
+        "ncp prepare-data --params-json {params.cfg:q} --train-out {output.train} --test-out {output.test} > {log} 2>&1"

@@ -1,0 +1,19 @@
+rule train_vae:
+    """Stage 1: train the backbone VAE (or take an imported NVAE checkpoint)."""
+    input:
+        train=rules.prepare_data.output.train,
+        code=code("train-vae"),
+    output:
+        checkpoint=f"{RESULTS}/vae/checkpoint.pt",
+    params:
+        cfg=params_json("train-vae"),
+        work_dir=f"{RESULTS}/work/vae",
+    resources:
+        gpu=1,
+    log:
+        f"{RESULTS}/logs/train_vae.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_vae.tsv"
+    shell:
+        "ncp train-vae --params-json {params.cfg:q} --train-data {input.train} "
+        "--out {output.checkpoint} --work-dir {params.work_dir} > {log} 2>&1"
