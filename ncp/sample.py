@@ -9,6 +9,7 @@ and peak memory go to one file, and a PNG grid beside it.
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -63,7 +64,7 @@ def run(sample: SampleConfig, method: str, seed: int, device: str, checkpoint: P
     drawn = draw_samples(model, choose, sample.num_samples, sample.batch_size)
     seconds = time.perf_counter() - started
     peak = torch.cuda.max_memory_allocated(torch_device) if torch_device.type == "cuda" else None
-    diagnostics = choose.diagnostics() if hasattr(choose, "diagnostics") else {}
+    diagnostics = {str(k): asdict(stats) for k, stats in choose.diagnostics().items()} if method == "sir" else {}
     atomic_save(
         {"method": method, **drawn, "seconds": seconds, "seconds_per_image": seconds / sample.num_samples,
          "peak_memory_bytes": peak, "diagnostics": diagnostics},

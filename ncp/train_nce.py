@@ -10,7 +10,9 @@ import math
 from pathlib import Path
 
 from ncp.config import NCEConfig
-from ncp.priors.nce import classifier_diagnostics, train_classifier
+from dataclasses import asdict
+
+from ncp.priors.nce import evaluate_classifier, train_classifier
 from ncp.runtime import atomic_save, load_torch, pick_device, seed_everything, write_json
 
 
@@ -27,14 +29,26 @@ def run(nce: NCEConfig, seed: int, device: str, group_latents: Path, out: Path, 
         lr=nce.lr, weight_decay=nce.weight_decay, val_fraction=nce.val_fraction,
         seed=seed + group, device=torch_device,
     )
-    diagnostics = classifier_diagnostics(classifier, cached["z_q"], cached["z_p"], context, history, device=torch_device)
+    # L* is the held-out loss of the kept weights; log r statistics are over all cached pairs.
+    on_all_pairs = evaluate_classifier(classifier, cached["z_q"], cached["z_p"], context, device=torch_device)
+    final_loss = history.best_val_loss
+    diagnostics = {
+        "final_loss": final_loss,
+        "js_estimate": math.log(2.0) - final_loss / 2.0,
+        "train_loss_curve": history.train_loss,
+        "val_loss_curve": history.val_loss,
+        "best_epoch": history.best_epoch,
+        "mean_log_r_q": on_all_pairs.mean_log_r_q,
+        "mean_log_r_p": on_all_pairs.mean_log_r_p,
+        "accuracy": on_all_pairs.accuracy,
+    }
     atomic_save(
         {
             "group": group,
             "build_args": classifier.build_args,
             "state_dict": {k: v.cpu() for k, v in classifier.state_dict().items()},
-            "history": history,
+            "history": asdict(history),
         },
         out,
     )
-    write_json({"group": group, "num_pairs": int(cached["z_q"].shape[0]), "log2": math.log(2.0), **diagnostics}, metrics_out)
+    write_json({"group": group, "num_pairs": int(cached["z_q"].shape[0]), **diagnostics}, metrics_out)

@@ -9,9 +9,10 @@ models/rae/rae_celeba.py and models/std_vae/*; Ghosh et al., ICLR 2020), read fo
   and ReLU (8 -> 64 pixels), then a stride-1 (transposed) conv to 3 channels with a sigmoid.
 - kernels: the code uses 5x5 for CelebA (the brief's 4x4 matches RAE's MNIST / CIFAR models), so
   ``kernel_size`` defaults to 5 and is configurable.
-- likelihood: RAE trains its CelebA VAE (configurations/config.py, entry 17) on Keras "mse" (mean over
-  channels, summed over pixels) + 0.09024 * KL. Dividing by 0.09024, that is the ELBO of a Gaussian
-  p(x|z) with fixed std sqrt(3 * 0.09024 / 2) = 0.3679 around the sigmoid output, our default.
+- likelihood: RAE trains its CelebA VAE (configurations/config.py, entry 17) on Keras "mse" (mean
+  over channels, summed over pixels) + 0.09024 * KL. Divided by 0.09024, that is the -ELBO of a
+  Gaussian p(x|z) with fixed std sqrt(3 * 0.09024 / 2) = 0.3679 around the sigmoid output (up to a
+  constant): our default.
 All widths, the latent size, the image size and the likelihood are config fields, so a tiny version
 runs on CPU on 32x32 1-channel data.
 """
@@ -50,9 +51,9 @@ class ConvVAEConfig:
     batch_norm: bool = True
     max_log_scale: float = 5.0  # posterior log sigma = max_log_scale * tanh(.), as in RAE's VAE
     likelihood: Literal["normal", "bernoulli"] = "normal"
-    normal_std: float = RAE_CELEBA_NORMAL_STD  # std of p(x|z) for likelihood "normal" (initial if learned)
+    normal_std: float = RAE_CELEBA_NORMAL_STD  # std of a "normal" p(x|z) (initial value if learned)
     learn_normal_std: bool = False  # learn one global std of p(x|z) instead of fixing it
-    base_prior: BasePriorKind = "normal"
+    base_prior: BasePriorKind = "gaussian"
     gmm_components: int = 10  # used when base_prior == "gmm"
     gmm_covariance: Literal["full", "diag"] = "full"
 
@@ -60,7 +61,8 @@ class ConvVAEConfig:
         """Reject settings that cannot build a model."""
         for name in ("image_size", "in_channels", "latent_dim", "kernel_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"ConvVAEConfig.{name} must be positive; got {getattr(self, name)}")
+                value = getattr(self, name)
+                raise ValueError(f"ConvVAEConfig.{name} must be positive; got {value}")
         if not self.channels or any(c < 1 for c in self.channels):
             raise ValueError(f"ConvVAEConfig.channels must be positive widths; got {self.channels}")
         if self.image_size % 2 ** len(self.channels):
@@ -75,11 +77,13 @@ class ConvVAEConfig:
         check_base_prior_fields(self.base_prior, self.gmm_components, self.gmm_covariance)
 
 
-def conv_block(n_in: int, n_out: int, kernel_size: int, batch_norm: bool, transposed: bool) -> nn.Sequential:
+def conv_block(
+    n_in: int, n_out: int, kernel_size: int, batch_norm: bool, transposed: bool
+) -> nn.Sequential:
     """A stride-2 conv (halves H, W) or transposed conv (doubles them), then batch norm and ReLU."""
     padding = (kernel_size - 1) // 2
     if transposed:
-        # out = 2 * in - 2 - 2 * padding + kernel_size + output_padding; pick output_padding for 2 * in.
+        # out = 2 * in - 2 - 2 * padding + kernel_size + output_padding: pick it to get 2 * in.
         output_padding = 2 + 2 * padding - kernel_size
         conv: nn.Module = nn.ConvTranspose2d(
             n_in, n_out, kernel_size, stride=2, padding=padding,
@@ -143,7 +147,9 @@ class ConvVAE(SingleGroupVAE):
         """Raise ValueError unless x is (B, in_channels, image_size, image_size)."""
         c, s = self.config.in_channels, self.config.image_size
         if x.dim() != 4 or x.shape[1:] != (c, s, s):
-            raise ValueError(f"ConvVAE expects images of shape (B, {c}, {s}, {s}); got {tuple(x.shape)}")
+            raise ValueError(
+                f"ConvVAE expects images of shape (B, {c}, {s}, {s}); got {tuple(x.shape)}"
+            )
 
     def encode(self, x: Tensor) -> Independent:
         """q(z|x) = N(loc, diag(sigma^2)), log sigma = max_log_scale * tanh(linear(features))."""
@@ -157,7 +163,8 @@ class ConvVAE(SingleGroupVAE):
         """Decoder output logits (B, in_channels, image_size, image_size) for z (B, latent_dim)."""
         self._check_latents(z, z.shape[0])
         side = self.decoded_side
-        h = self.from_latent(z).reshape(z.shape[0], self.config.channels[-1], side, side)  # (B, C, s, s)
+        width = self.config.channels[-1]
+        h = self.from_latent(z).reshape(z.shape[0], width, side, side)  # (B, C_last, s, s)
         return self.to_pixels(self.decoder_convs(h))  # (B, C_in, H, W)
 
     def log_px(self, logits: Tensor, x: Tensor) -> Tensor:
@@ -165,7 +172,9 @@ class ConvVAE(SingleGroupVAE):
         mean sigmoid(logits) and std exp(log_normal_std)."""
         self._check_images(x)
         if logits.shape != x.shape:
-            raise ValueError(f"logits shape {tuple(logits.shape)} does not match x {tuple(x.shape)}")
+            raise ValueError(
+                f"logits shape {tuple(logits.shape)} does not match x {tuple(x.shape)}"
+            )
         if self.config.likelihood == "bernoulli":
             per_pixel = -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
         else:

@@ -25,11 +25,11 @@ from torch.distributions import Independent, Normal, kl_divergence
 from ncp.models.base import GroupSampler, PriorWalk, VAEOutput, sample_from_prior
 from ncp.priors.gmm import GMMPrior
 
-BasePriorKind = Literal["normal", "gmm"]
+BasePriorKind = Literal["gaussian", "gmm"]
 
 
 class StandardNormalPrior(nn.Module):
-    """N(0, t^2 I) over a flat latent of ``latent_dim`` dimensions, with batch shape (num_images,)."""
+    """N(0, t^2 I) over a flat latent of ``latent_dim`` dims, with batch shape (num_images,)."""
 
     def __init__(self, latent_dim: int):
         """``latent_dim``: D, the size of the latent vector."""
@@ -50,8 +50,8 @@ class StandardNormalPrior(nn.Module):
 
 def check_base_prior_fields(kind: str, gmm_components: int, gmm_covariance: str) -> None:
     """Raise ValueError for a bad base-prior choice in a single-group VAE config."""
-    if kind not in ("normal", "gmm"):
-        raise ValueError(f"base_prior must be 'normal' or 'gmm'; got {kind!r}")
+    if kind not in ("gaussian", "gmm"):
+        raise ValueError(f"base_prior must be 'gaussian' or 'gmm'; got {kind!r}")
     if gmm_components < 1:
         raise ValueError(f"gmm_components must be positive; got {gmm_components}")
     if gmm_covariance not in ("full", "diag"):
@@ -116,12 +116,38 @@ class SingleGroupVAE(nn.Module):
                 raise ValueError(
                     f"prior has latent_dim {prior.latent_dim}, the VAE has {self.latent_dim}"
                 )
-            self.config = dataclasses.replace(self.config, base_prior="normal")
+            self.config = dataclasses.replace(self.config, base_prior="gaussian")
         else:
             raise ValueError(
                 f"base prior must be a StandardNormalPrior or GMMPrior; got {type(prior).__name__}"
             )
         self.base_prior = prior.to(device)
+
+    def base_prior_spec(self) -> dict[str, Any]:
+        """What kind of base prior the model holds, for the checkpoint (registry.py): its weights
+        travel in the state dict, this says how to shape the module that receives them."""
+        if isinstance(self.base_prior, GMMPrior):
+            return {
+                "kind": "gmm",
+                "num_components": self.base_prior.num_components,
+                "covariance_type": self.base_prior.covariance_type,
+            }
+        return {"kind": "gaussian"}
+
+    def install_base_prior(self, spec: dict[str, Any]) -> None:
+        """Install an empty base prior shaped as ``spec`` (from ``base_prior_spec``), ready for
+        ``load_state_dict`` to fill in."""
+        kind = spec.get("kind", "gaussian")
+        if kind == "gaussian":
+            self.set_base_prior(StandardNormalPrior(self.latent_dim))
+        elif kind == "gmm":
+            self.set_base_prior(
+                GMMPrior.placeholder(
+                    spec["num_components"], self.latent_dim, spec.get("covariance_type", "full")
+                )
+            )
+        else:
+            raise ValueError(f"unknown base prior kind {kind!r}; expected 'gaussian' or 'gmm'")
 
     def group_shapes(self) -> list[tuple[int, ...]]:
         """One group: z is a flat vector of ``latent_dim`` entries."""
@@ -175,7 +201,7 @@ class SingleGroupVAE(nn.Module):
     def walk_prior(
         self, num_images: int, choose: GroupSampler, temperature: float = 1.0
     ) -> PriorWalk:
-        """Build the base prior (std scaled by ``temperature``), let ``choose`` pick z, decode it."""
+        """Build the base prior (std scaled by ``temperature``), let ``choose`` pick z, decode."""
         prior = self.base_prior(num_images, temperature)
         z = choose(0, prior, None)
         self._check_latents(z, num_images)
@@ -196,7 +222,7 @@ class MLPVAEConfig:
     hidden: int = 300  # units per hidden layer, encoder and decoder
     num_hidden_layers: int = 2
     min_scale: float = 1e-5  # floor on the posterior std (EIM: max(1e-5, softplus(raw)))
-    base_prior: BasePriorKind = "normal"
+    base_prior: BasePriorKind = "gaussian"
     gmm_components: int = 10  # used when base_prior == "gmm"
     gmm_covariance: Literal["full", "diag"] = "full"
 
@@ -234,8 +260,9 @@ class MLPVAE(SingleGroupVAE):
         super().__init__()
         self.config = config
         pixels = config.crop_size**2
-        self.encoder = tanh_mlp([pixels] + [config.hidden] * config.num_hidden_layers + [2 * config.latent_dim])
-        self.decoder = tanh_mlp([config.latent_dim] + [config.hidden] * config.num_hidden_layers + [pixels])
+        hidden = [config.hidden] * config.num_hidden_layers
+        self.encoder = tanh_mlp([pixels] + hidden + [2 * config.latent_dim])  # -> (loc, raw scale)
+        self.decoder = tanh_mlp([config.latent_dim] + hidden + [pixels])  # -> Bernoulli logits
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)  # Glorot-uniform, as EIM's Keras layers
@@ -270,14 +297,17 @@ class MLPVAE(SingleGroupVAE):
 
     def _crop(self, x: Tensor) -> Tensor:
         """Central crop_size x crop_size window of (B, 1, image_size, image_size) images."""
-        offset = (self.config.image_size - self.config.crop_size) // 2
-        return x[:, :, offset : offset + self.config.crop_size, offset : offset + self.config.crop_size]
+        crop = self.config.crop_size
+        offset = (self.config.image_size - crop) // 2
+        return x[:, :, offset : offset + crop, offset : offset + crop]
 
     def _flat_pixels(self, x: Tensor) -> Tensor:
         """Check that x is (B, 1, image_size, image_size) and return its crop as (B, crop^2)."""
         size = self.config.image_size
         if x.dim() != 4 or x.shape[1:] != (1, size, size):
-            raise ValueError(f"MLPVAE expects images of shape (B, 1, {size}, {size}); got {tuple(x.shape)}")
+            raise ValueError(
+                f"MLPVAE expects images of shape (B, 1, {size}, {size}); got {tuple(x.shape)}"
+            )
         return self._crop(x).reshape(x.shape[0], -1)  # (B, crop^2)
 
     def encode(self, x: Tensor) -> Independent:
@@ -296,7 +326,9 @@ class MLPVAE(SingleGroupVAE):
         """Bernoulli log p(x|z) summed over the crop_size^2 central pixels, (B,)."""
         target = self._flat_pixels(x)  # (B, crop^2)
         if logits.shape != target.shape:
-            raise ValueError(f"logits shape {tuple(logits.shape)} does not match pixels {tuple(target.shape)}")
+            raise ValueError(
+                f"logits shape {tuple(logits.shape)} does not match pixels {tuple(target.shape)}"
+            )
         return -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(dim=-1)
 
     def mean_image(self, logits: Tensor) -> Tensor:

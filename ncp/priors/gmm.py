@@ -4,8 +4,9 @@ This is the second stage of RAE (Ghosh et al., ICLR 2020, "From Variational to D
 Autoencoders"): fit a K-component Gaussian mixture to the encoder's posterior means, then sample
 latents from it instead of N(0, I). RAE's code fits scikit-learn's ``GaussianMixture`` with full
 covariances, ``max_iter=2000`` and ``tol=1e-3`` (my_utility/estimate_density_and_sample.py); the
-NCP paper uses K = 10 for its Table 1. The fitted mixture is held as torch buffers so that ``log_prob``
-is differentiable in z (Langevin dynamics needs its gradient) and the prior moves with ``.to(device)``.
+NCP paper uses K = 10 for its Table 1. The fitted mixture is held as torch buffers so that
+``log_prob`` is differentiable in z (Langevin dynamics needs its gradient) and the prior moves with
+``.to(device)``.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class GMMPrior(nn.Module):
 
     @property
     def covariance_type(self) -> CovarianceType:
-        """"full" when ``scales`` holds Cholesky factors, "diag" when it holds standard deviations."""
+        """'full' if ``scales`` holds Cholesky factors, 'diag' if it holds standard deviations."""
         return "full" if self.scales.dim() == 3 else "diag"
 
     @classmethod
@@ -88,14 +89,15 @@ class GMMPrior(nn.Module):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Tensor]) -> GMMPrior:
-        """Rebuild a prior saved with ``state_dict()``; K, D and the covariance type come from shapes."""
+        """Rebuild a prior saved with ``state_dict()``; K, D and the covariance type come from
+        the buffer shapes."""
         missing = {"log_weights", "means", "scales"} - set(state)
         if missing:
             raise ValueError(f"GMMPrior state_dict lacks {sorted(missing)}")
         return cls(state["log_weights"], state["means"], state["scales"])
 
     def forward(self, num_images: int, temperature: float = 1.0) -> MixtureSameFamily:
-        """The mixture p(z) with batch shape (num_images,), component stds scaled by ``temperature``."""
+        """The mixture p(z) with batch shape (num_images,), component stds times ``temperature``."""
         if num_images < 1:
             raise ValueError(f"num_images must be positive; got {num_images}")
         if temperature <= 0:
@@ -132,7 +134,8 @@ def fit_gmm_prior(
         raise ValueError(f"posterior_means must be (N, D); got shape {points.shape}")
     if points.shape[0] < num_components:
         raise ValueError(
-            f"need at least num_components={num_components} points to fit a GMM; got {points.shape[0]}"
+            f"need at least num_components={num_components} points to fit a GMM; "
+            f"got {points.shape[0]}"
         )
     if not np.isfinite(points).all():
         raise ValueError("posterior_means contain NaN or infinite values")

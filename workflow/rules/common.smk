@@ -1,7 +1,16 @@
 # Validation, result paths and the per-stage params; no logic beyond what wiring needs.
 import json
+from pathlib import Path
+
+from snakemake.utils import validate
 
 from ncp.config import num_latent_groups, resolve_params, stage_params_json
+
+
+def _cuda_available():
+    import torch
+
+    return torch.cuda.is_available()
 
 
 validate(config, "../../ncp/params.schema.yaml")
@@ -9,6 +18,9 @@ PARAMS = resolve_params(config)  # the same defaults and checks `ncp <stage>` ap
 RESULTS = f"results/{PARAMS['experiment']}"
 GROUPS = list(range(num_latent_groups(PARAMS["vae"])))
 SAMPLE_METHODS = ["base"] + list(PARAMS["sample"]["methods"])
+# Jobs that run on the GPU ask for one where a GPU will be used, so the profile's `gpu` resource caps
+# how many run at once; on a CPU-only machine they ask for none and run side by side.
+GPU_PER_JOB = int(PARAMS["device"] != "cpu" and _cuda_available())
 
 # The ncp/ modules each stage runs: declared as inputs, so a code change reruns exactly its jobs.
 _SHARED_CODE = ["ncp/config.py", "ncp/runtime.py", "ncp/cli.py", "ncp/params.schema.yaml"]

@@ -12,7 +12,7 @@ rule fid_features:
     params:
         cfg=params_json("evaluate"),
     resources:
-        gpu=1,
+        gpu=GPU_PER_JOB,
     log:
         f"{RESULTS}/logs/fid_features.log",
     shell:
@@ -33,7 +33,7 @@ rule evaluate_fid:
     params:
         cfg=params_json("evaluate"),
     resources:
-        gpu=1,
+        gpu=GPU_PER_JOB,
     log:
         f"{RESULTS}/logs/evaluate_fid.log",
     shell:
@@ -70,7 +70,7 @@ rule evaluate_nll:
     params:
         cfg=params_json("evaluate"),
     resources:
-        gpu=1,
+        gpu=GPU_PER_JOB,
     log:
         f"{RESULTS}/logs/evaluate_nll.log",
     benchmark:

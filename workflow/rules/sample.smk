@@ -15,7 +15,7 @@ rule sample:
     params:
         cfg=params_json("sample"),
     resources:
-        gpu=1,
+        gpu=GPU_PER_JOB,
     log:
         f"{RESULTS}/logs/sample_{{method}}.log",
     benchmark:

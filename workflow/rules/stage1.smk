@@ -9,7 +9,7 @@ rule train_vae:
         cfg=params_json("train-vae"),
         work_dir=f"{RESULTS}/work/vae",
     resources:
-        gpu=1,
+        gpu=GPU_PER_JOB,
     log:
         f"{RESULTS}/logs/train_vae.log",
     benchmark:

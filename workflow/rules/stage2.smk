@@ -9,7 +9,7 @@ rule cache_latents:
     params:
         cfg=params_json("cache-latents"),
     resources:
-        gpu=1,
+        gpu=GPU_PER_JOB,
     log:
         f"{RESULTS}/logs/cache_latents.log",
     shell:
@@ -28,7 +28,7 @@ rule train_nce:
     params:
         cfg=params_json("train-nce"),
     resources:
-        gpu=1,
+        gpu=GPU_PER_JOB,
     log:
         f"{RESULTS}/logs/train_nce_{{group}}.log",
     benchmark:

@@ -1,0 +1,349 @@
+"""NVAE (Vahdat & Kautz 2020): a hierarchical VAE with convolutional latent groups, re-implemented with
+NVAE's parameter names so that official checkpoints load strictly.
+
+Bottom-up: x -> stem -> pre-process cells -> encoder tower, whose features at each group position are
+kept for the top-down pass. Top-down: the decoder state s starts from the learned ``prior_ftr0``; for each
+group k (coarsest first) the prior p(z_k | z_<k) comes from s (k = 0: a fixed Normal), z_k is picked
+(from the posterior in ``forward``, from the prior when sampling), and a combiner feeds z_k into s.
+Post-process cells turn the final s into the decoder's output parameters. The decoder state s in front
+of group k's prior is the context c(z_<k) stage 2 conditions on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Independent
+
+from ncp.models.base import GroupSampler, PriorWalk, VAEOutput, sample_from_prior
+from ncp.models.nvae.cells import ARCH_CELLS, Cell, DecCombinerCell, EncCombinerCell
+from ncp.models.nvae.config import CHANNEL_MULT, NVAE_DEFAULT_ARGS, NVAEConfig
+from ncp.models.nvae.distributions import (DiscretizedLogisticMixture, bernoulli_log_prob, check_unit_interval,
+                                           normal_decoder, normal_decoder_log_prob, normal_kl, nvae_normal,
+                                           quantize_bits, sample_with_noise)
+from ncp.models.nvae.flows import PairedARCell
+from ncp.models.nvae.layers import PlainConv2d, WeightNormConv2d
+from ncp.models.nvae.regularizers import SpectralNormEstimator, batchnorm_loss, kl_balance_alpha
+
+# Internal rule of the top-down walk: (group k, raw prior mean, raw prior log-std, context or None) -> z_k.
+# Raw means before NVAE's soft clamp, which the residual posterior needs.
+LatentPicker = Callable[[int, Tensor, Tensor, Optional[Tensor]], Tensor]
+
+
+class NVAE(nn.Module):
+    """NVAE's AutoEncoder implementing the LatentVAE contract (ncp.models.base)."""
+
+    def __init__(self, config: NVAEConfig, args: Optional[Mapping[str, Any]] = None) -> None:
+        super().__init__()
+        self.config = config
+        self.args = dict(args) if args is not None else {}  # NVAE's flags, enough to rebuild the model
+        c = config
+        arch = ARCH_CELLS[c.arch_instance]
+        top_side = c.decoder_scale_side(0)
+        # Registration order below is NVAE's, so state_dict() lists entries in the same order.
+        self.prior_ftr0 = nn.Parameter(torch.rand(c.decoder_scale_channels(0), top_side, top_side))
+        self.stem = WeightNormConv2d(c.input_channels, c.num_channels_enc, 3, padding=1, bias=True)
+        self.pre_process, mult = self._build_pre_process(arch, mult=1)
+        self.enc_tower = nn.ModuleList() if c.is_vanilla else self._build_encoder_tower(arch, mult)
+        mult = c.top_channel_mult
+        top_enc = int(c.num_channels_enc * mult)
+        self.enc0 = nn.Sequential(nn.ELU(), WeightNormConv2d(top_enc, top_enc, 1, bias=True), nn.ELU())
+        self._build_samplers()
+        if c.is_vanilla:
+            self.stem_decoder = WeightNormConv2d(c.num_latent_per_group, int(mult * c.num_channels_enc), 1, bias=True)
+        else:
+            self.dec_tower = self._build_decoder_tower(arch)
+            mult = mult / CHANNEL_MULT ** (c.num_latent_scales - 1)
+        self.post_process, mult = self._build_post_process(arch, mult)
+        self.image_conditional = nn.Sequential(
+            nn.ELU(), WeightNormConv2d(int(c.num_channels_dec * mult), c.output_channels, 3, padding=1, bias=True))
+        self._spectral_norm = SpectralNormEstimator(num_power_iter=4)
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any]) -> "NVAE":
+        """Build from NVAE's argparse values (a dict); missing flags get NVAE's defaults."""
+        config = NVAEConfig.from_args(args)
+        return cls(config, {**NVAE_DEFAULT_ARGS, **dict(args)})
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> "NVAE":
+        """An official NVAE checkpoint, rebuilt from its args, loaded strictly, in eval mode."""
+        from ncp.models.nvae.checkpoint import load_nvae_checkpoint
+
+        args, state_dict = load_nvae_checkpoint(path)
+        model = cls.from_args(args)
+        model.load_state_dict(state_dict, strict=True)
+        return model.eval()
+
+    # ---- construction ---------------------------------------------------------------------------
+    def _cell(self, arch: dict, cell_type: str, c_in: float, c_out: float) -> Cell:
+        return Cell(int(c_in), int(c_out), cell_type, arch[cell_type], self.config.use_se)
+
+    def _build_pre_process(self, arch: dict, mult: float) -> tuple[nn.ModuleList, float]:
+        """Blocks of (cells - 1) normal cells and one down cell, channels x2 per block."""
+        c, cells = self.config, nn.ModuleList()
+        for _ in range(c.num_preprocess_blocks):
+            for i in range(c.num_preprocess_cells):
+                width = c.num_channels_enc * mult
+                if i == c.num_preprocess_cells - 1:
+                    cells.append(self._cell(arch, "down_pre", width, CHANNEL_MULT * int(width)))
+                    mult *= CHANNEL_MULT
+                else:
+                    cells.append(self._cell(arch, "normal_pre", width, width))
+        return cells, mult
+
+    def _build_encoder_tower(self, arch: dict, mult: float) -> nn.ModuleList:
+        """High resolution first: per group, normal cells then a combiner slot (none after the last group)."""
+        c, cells = self.config, nn.ModuleList()
+        for scale, num_groups in enumerate(c.groups_per_scale):
+            for group in range(num_groups):
+                for _ in range(c.num_cell_per_cond_enc):
+                    cells.append(self._cell(arch, "normal_enc", c.num_channels_enc * mult, c.num_channels_enc * mult))
+                if not (scale == c.num_latent_scales - 1 and group == num_groups - 1):
+                    cells.append(EncCombinerCell(int(c.num_channels_enc * mult), int(c.num_channels_dec * mult)))
+            if scale < c.num_latent_scales - 1:
+                width = int(c.num_channels_enc * mult)
+                cells.append(self._cell(arch, "down_enc", width, CHANNEL_MULT * width))
+                mult *= CHANNEL_MULT
+        return cells
+
+    def _build_samplers(self) -> None:
+        """Per group (decoder order): posterior head (3x3 conv), flows, and prior head (all but group 0)."""
+        c, mult = self.config, float(self.config.top_channel_mult)
+        self.enc_sampler, self.dec_sampler, self.nf_cells = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        for scale, num_groups in enumerate(c.groups_per_decoder_scale):
+            for group in range(num_groups):
+                self.enc_sampler.append(WeightNormConv2d(int(c.num_channels_enc * mult), 2 * c.num_latent_per_group,
+                                                         3, padding=1, bias=True))
+                for _ in range(c.num_nf):
+                    self.nf_cells.append(PairedARCell(c.num_latent_per_group))
+                if not (scale == 0 and group == 0):  # group 0's prior is a fixed Normal
+                    self.dec_sampler.append(nn.Sequential(
+                        nn.ELU(), WeightNormConv2d(int(c.num_channels_dec * mult), 2 * c.num_latent_per_group, 1,
+                                                   bias=True)))
+            mult /= CHANNEL_MULT
+
+    def _build_decoder_tower(self, arch: dict) -> nn.ModuleList:
+        """Coarse first: per group, normal cells (not before group 0) then a combiner; up cells between scales."""
+        c, cells, mult = self.config, nn.ModuleList(), float(self.config.top_channel_mult)
+        for scale, num_groups in enumerate(c.groups_per_decoder_scale):
+            width = int(c.num_channels_dec * mult)
+            for group in range(num_groups):
+                if not (scale == 0 and group == 0):
+                    for _ in range(c.num_cell_per_cond_dec):
+                        cells.append(self._cell(arch, "normal_dec", width, width))
+                cells.append(DecCombinerCell(width, c.num_latent_per_group))
+            if scale < c.num_latent_scales - 1:
+                cells.append(self._cell(arch, "up_dec", width, width / CHANNEL_MULT))
+                mult /= CHANNEL_MULT
+        return cells
+
+    def _build_post_process(self, arch: dict, mult: float) -> tuple[nn.ModuleList, float]:
+        """Blocks of one up cell (channels /2) and (cells - 1) normal cells."""
+        c, cells = self.config, nn.ModuleList()
+        for _ in range(c.num_postprocess_blocks):
+            for i in range(c.num_postprocess_cells):
+                width = int(c.num_channels_dec * mult)
+                if i == 0:
+                    cells.append(self._cell(arch, "up_post", width, width / CHANNEL_MULT))
+                    mult /= CHANNEL_MULT
+                else:
+                    cells.append(self._cell(arch, "normal_post", width, width))
+        return cells, mult
+
+    # ---- the latent hierarchy -------------------------------------------------------------------
+    @property
+    def num_groups(self) -> int:
+        """Number of latent groups K."""
+        return self.config.num_groups
+
+    def group_shapes(self) -> list[tuple[int, ...]]:
+        """(C_z, H_k, W_k) of every group, coarsest first."""
+        c = self.config
+        return [(c.num_latent_per_group, c.decoder_scale_side(s), c.decoder_scale_side(s)) for s in c.group_scales()]
+
+    def context_shapes(self) -> list[Optional[tuple[int, ...]]]:
+        """Shape of the decoder state feeding each group's prior; None for group 0 (fixed prior)."""
+        c = self.config
+        shapes: list[Optional[tuple[int, ...]]] = [None]
+        for s in c.group_scales()[1:]:
+            shapes.append((c.decoder_scale_channels(s), c.decoder_scale_side(s), c.decoder_scale_side(s)))
+        return shapes
+
+    def _bottom_up(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Encoder: (top feature, encoder features at the combiner slots in decoder order)."""
+        state = self.stem(2 * x - 1.0)
+        for cell in self.pre_process:
+            state = cell(state)
+        slot_features = []
+        for cell in self.enc_tower:
+            if isinstance(cell, EncCombinerCell):
+                slot_features.append(state)  # the combiner itself runs top-down, once s is known
+            else:
+                state = cell(state)
+        return state, slot_features[::-1]  # deepest slot pairs with decoder group 1 (ladder structure)
+
+    def _top_down(self, batch_size: int, pick: LatentPicker) -> tuple[Tensor, list[Tensor], list[Optional[Tensor]]]:
+        """The decoder walk shared by forward and sampling: (output parameters, z per group, contexts)."""
+        latents: list[Tensor] = []
+        contexts: list[Optional[Tensor]] = []
+
+        def visit(k: int, state: Optional[Tensor]) -> Tensor:
+            if k == 0:
+                zeros = self.prior_ftr0.new_zeros(batch_size, *self.group_shapes()[0])  # (B, C_z, H, W)
+                z = pick(0, zeros, zeros, None)
+            else:
+                mu, log_sigma = torch.chunk(self.dec_sampler[k - 1](state), 2, dim=1)  # (B, C_z, H, W) each
+                z = pick(k, mu, log_sigma, state)
+            latents.append(z)
+            contexts.append(None if k == 0 else state)
+            return z
+
+        if self.config.is_vanilla:
+            state = self.stem_decoder(visit(0, None))
+        else:
+            state = self.prior_ftr0.unsqueeze(0).expand(batch_size, -1, -1, -1)  # (B, C, H, W)
+            k = 0
+            for cell in self.dec_tower:
+                if isinstance(cell, DecCombinerCell):
+                    state = cell(state, visit(k, state))
+                    k += 1
+                else:
+                    state = cell(state)
+        for cell in self.post_process:
+            state = cell(state)
+        return self.image_conditional(state), latents, contexts
+
+    def _apply_flows(self, k: int, z: Tensor) -> Tensor:
+        """Group k's flow cells (shift-only, so log q is unchanged)."""
+        for flow in self.nf_cells[k * self.config.num_nf:(k + 1) * self.config.num_nf]:
+            z = flow(z)
+        return z
+
+    def forward(self, x: Tensor, noise_scale: float = 1.0) -> VAEOutput:
+        """Encode x (B, C, H, W) in [0, 1], draw each z_k = mu_q + noise_scale * sigma_q * eps (0: the mean),
+        decode. kl[:, k] is analytic, or log q - log p at the post-flow z when flows are used."""
+        self._check_images(x)
+        if noise_scale < 0:
+            raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
+        top_feature, slot_features = self._bottom_up(quantize_bits(x, self.config.num_x_bits))
+        combiners = [cell for cell in self.enc_tower if isinstance(cell, EncCombinerCell)][::-1]
+        log_q, log_p, kl, priors = [], [], [], []
+
+        def posterior(k: int, mu_p: Tensor, log_sigma_p: Tensor, context: Optional[Tensor]) -> Tensor:
+            feature = self.enc0(top_feature) if k == 0 else combiners[k - 1](slot_features[k - 1], context)
+            mu_q, log_sigma_q = torch.chunk(self.enc_sampler[k](feature), 2, dim=1)
+            if k > 0 and self.config.res_dist:  # residual posterior: q's parameters are offsets from p's
+                mu_q, log_sigma_q = mu_p + mu_q, log_sigma_p + log_sigma_q
+            q, p = nvae_normal(mu_q, log_sigma_q), nvae_normal(mu_p, log_sigma_p)
+            z = sample_with_noise(q, noise_scale)
+            log_q_z = q.log_prob(z)  # (B, C_z, H, W)
+            z = self._apply_flows(k, z)
+            log_p_z = p.log_prob(z)
+            kl_z = log_q_z - log_p_z if self.config.num_nf > 0 else normal_kl(q, p)
+            log_q.append(log_q_z.sum(dim=[1, 2, 3]))
+            log_p.append(log_p_z.sum(dim=[1, 2, 3]))
+            kl.append(kl_z.sum(dim=[1, 2, 3]))
+            priors.append(Independent(p, 3, validate_args=False))
+            return z
+
+        logits, latents, contexts = self._top_down(x.size(0), posterior)
+        return VAEOutput(logits=logits, log_q=torch.stack(log_q, 1).sum(1), log_p=torch.stack(log_p, 1).sum(1),
+                         kl=torch.stack(kl, dim=1), latents=latents, contexts=contexts, priors=priors)
+
+    def walk_prior(self, num_images: int, choose: GroupSampler, temperature: float = 1.0) -> PriorWalk:
+        """Ancestral sampling: p(z_k | z_<k) with every std scaled by ``temperature`` (group 0 included, as
+        NVAE), z_k = choose(k, prior, context); flows are not used (NVAE samples without them)."""
+        if num_images < 1:
+            raise ValueError(f"num_images must be >= 1, got {num_images}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        shapes = self.group_shapes()
+
+        def from_prior(k: int, mu: Tensor, log_sigma: Tensor, context: Optional[Tensor]) -> Tensor:
+            prior = Independent(nvae_normal(mu, log_sigma, temperature), 3, validate_args=False)
+            z = choose(k, prior, context)
+            if tuple(z.shape) != (num_images, *shapes[k]):
+                raise ValueError(f"group {k}: chosen z has shape {tuple(z.shape)}, expected {(num_images, *shapes[k])}")
+            return z
+
+        logits, latents, contexts = self._top_down(num_images, from_prior)
+        return PriorWalk(logits=logits, latents=latents, contexts=contexts)
+
+    def sample(self, num_images: int, temperature: float = 1.0) -> Tensor:
+        """Decoder output parameters for images drawn from the prior at ``temperature``."""
+        return self.walk_prior(num_images, sample_from_prior, temperature).logits
+
+    # ---- the image likelihood -------------------------------------------------------------------
+    def _check_images(self, x: Tensor) -> None:
+        c = self.config
+        expected = (c.input_channels, c.input_size, c.input_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"NVAE expects images (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        check_unit_interval(x)
+
+    def log_px(self, logits: Tensor, x: Tensor) -> Tensor:
+        """log p(x | z) per image, (B,), summed over the scored pixels (the central 28x28 for MNIST)."""
+        self._check_images(x)
+        c = self.config
+        x = quantize_bits(x, c.num_x_bits)
+        if c.likelihood == "bernoulli":
+            per_pixel = bernoulli_log_prob(logits, x)  # (B, C, H, W)
+        elif c.likelihood == "dmol":
+            per_pixel = DiscretizedLogisticMixture(logits, c.num_mixture_dec, c.num_x_bits).log_prob(x)  # (B, H, W)
+        else:
+            per_pixel = normal_decoder_log_prob(logits, x)  # (B, C, H, W)
+        crop = c.likelihood_crop
+        if crop:
+            per_pixel = per_pixel[..., crop:-crop, crop:-crop]
+        return per_pixel.flatten(1).sum(dim=1)
+
+    def mean_image(self, logits: Tensor) -> Tensor:
+        """The decoder's mean image (B, C, H, W) in [0, 1] (NVAE's DMOL mean for colour, used for FID)."""
+        c = self.config
+        if c.likelihood == "bernoulli":
+            return torch.sigmoid(logits)
+        if c.likelihood == "dmol":
+            return DiscretizedLogisticMixture(logits, c.num_mixture_dec, c.num_x_bits).mean()
+        return torch.clamp(normal_decoder(logits).loc, -1.0, 1.0) / 2.0 + 0.5
+
+    def sample_image(self, logits: Tensor, temperature: float = 1.0) -> Tensor:
+        """A pixel sample from the decoder (B, C, H, W) in [0, 1]; ``temperature`` scales the DMOL and
+        Normal noise (NVAE's Normal decoder ignores it)."""
+        c = self.config
+        if c.likelihood == "bernoulli":
+            return torch.bernoulli(torch.sigmoid(logits))
+        if c.likelihood == "dmol":
+            return DiscretizedLogisticMixture(logits, c.num_mixture_dec, c.num_x_bits).sample(temperature)
+        decoder = normal_decoder(logits)
+        values = decoder.loc + temperature * decoder.scale * torch.randn_like(decoder.loc)
+        return torch.clamp(values, -1.0, 1.0) / 2.0 + 0.5
+
+    # ---- training terms -------------------------------------------------------------------------
+    def spectral_loss(self) -> Tensor:
+        """Sum of spectral norms of every conv kernel (power iteration with persistent vectors)."""
+        kernels = [m.normalized_weight() for m in self.modules() if isinstance(m, (WeightNormConv2d, PlainConv2d))]
+        return self._spectral_norm(kernels)
+
+    def batchnorm_loss(self) -> Tensor:
+        """Sum of max |gamma| over BatchNorm layers."""
+        return batchnorm_loss(self)
+
+    def kl_alpha(self, scheme: str = "square") -> Tensor:
+        """Per-group alpha_k of NVAE's KL balancing, (K,), on the model's device."""
+        return kl_balance_alpha(self.config.groups_per_decoder_scale, scheme).to(self.prior_ftr0.device)
+
+
+@torch.no_grad()
+def readjust_batchnorm(model: NVAE, temperature: float, num_passes: int = 500, batch_size: int = 16) -> NVAE:
+    """NVAE's --readjust_bn: run ``num_passes`` prior-sampling passes in train mode at ``temperature`` so the
+    decoder's BatchNorm running statistics (momentum 0.05) match samples at that temperature; then eval()."""
+    if num_passes < 1 or batch_size < 2:
+        raise ValueError("readjust_batchnorm needs num_passes >= 1 and batch_size >= 2")
+    model.train()
+    for _ in range(num_passes):
+        model.sample(batch_size, temperature)
+    return model.eval()

@@ -1,0 +1,195 @@
+"""Stage 5 (`ncp tables`): `metrics/summary.json`, the result tables and the Fig. 5 plots.
+
+Every table is built as a pandas frame and written as Markdown (tabulate) and LaTeX, with the protocol
+underneath (sample counts, feature network, temperature, seed). Where a table has a counterpart in the
+paper, the paper's value (from `paper_results.yaml`, the one place those numbers live) stands beside
+ours with the difference; rows the paper has and this run does not are listed as missing.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+import yaml
+
+from ncp.config import ExperimentConfig
+from ncp.runtime import atomic_write_text, read_json, write_json
+
+
+def paper_results() -> dict:
+    """The paper's published tables (ncp/paper_results.yaml)."""
+    return yaml.safe_load(resources.files("ncp").joinpath("paper_results.yaml").read_text())
+
+
+def _lookup(summary: dict, dotted: Optional[str]) -> Optional[float]:
+    value: Any = summary
+    for part in (dotted or "").split("."):
+        if not part or not isinstance(value, dict) or value.get(part) is None:
+            return None
+        value = value[part]
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def build_summary(cfg: ExperimentConfig, metrics_dir: Path) -> dict:
+    """Collect every metric file of one run into the machine-readable summary."""
+    metrics_dir = Path(metrics_dir)
+    fid, mmd, nll = (read_json(metrics_dir / f"{name}.json") for name in ("fid", "mmd", "nll"))
+    nce_files = sorted((metrics_dir / "nce").glob("group_*.json"), key=lambda p: int(p.stem.split("_")[1]))
+    nce_groups = [read_json(path) for path in nce_files]
+    sampling = fid.get("sampling", {})
+    sir_stats = sampling.get("sir", {}).get("diagnostics", {})
+    methods = fid["methods"]
+    return {
+        "experiment": cfg.experiment,
+        "seed": cfg.seed,
+        "fid": {
+            "base": methods.get("base", {}).get("fid"),
+            "ncp_sir": methods.get("sir", {}).get("fid"),
+            "ncp_ld": methods.get("ld", {}).get("fid"),
+            "recon": methods.get("recon", {}).get("fid"),
+            "kid": {name: m.get("kid") for name, m in methods.items()},
+            "kid_std": {name: m.get("kid_std") for name, m in methods.items()},
+            "features": fid["features"],
+            "num_samples": fid["num_samples"],
+            "num_reference": fid["num_reference"],
+        },
+        "nll": {
+            "base": nll["base"]["nats"],
+            "base_se": nll["base"]["std_error"],
+            "ncp": nll["ncp"]["nats"],
+            "ncp_se": nll["ncp"]["std_error"],
+            "log_z": nll["log_z"],
+            "log_z_se": nll["log_z_se"],
+            "log_z_ess": nll["log_z_ess"],
+            "log_z_samples": nll["log_z_samples"],
+            "iw_samples": nll["iw_samples"],
+            "num_images": nll["num_images"],
+            "units": "nats per image",
+        },
+        "mmd": {
+            "per_group": [
+                {k: g[k] for k in ("group", "q_p", "q_pncp", "bandwidth", "dim")} for g in mmd["per_group"]
+            ],
+            "num_samples": mmd["num_samples"],
+            "ncp_method": mmd["ncp_method"],
+        },
+        "nce": {
+            "per_group": [
+                {
+                    "group": g["group"],
+                    "final_loss": g["final_loss"],
+                    "js_estimate": g["js_estimate"],
+                    "mean_log_r_q": g["mean_log_r_q"],
+                    "mean_log_r_p": g["mean_log_r_p"],
+                    "accuracy": g["accuracy"],
+                    "sir_ess": sir_stats.get(str(g["group"]), {}).get("mean_ess"),
+                }
+                for g in nce_groups
+            ],
+        },
+        "sampling": {
+            name: {key: s.get(key) for key in ("seconds_per_image", "num_samples", "peak_memory_bytes", "setting")}
+            for name, s in sampling.items()
+        },
+    }
+
+
+def _write_table(frame: pd.DataFrame, title: str, protocol: list[str], stem: Path) -> None:
+    """Write ``frame`` as <stem>.md (title, table, protocol) and <stem>.tex."""
+    notes = "\n".join(f"- {line}" for line in protocol)
+    markdown = f"### {title}\n\n{frame.to_markdown(index=False, floatfmt='.4g')}\n\n{notes}\n"
+    atomic_write_text(markdown, stem.with_suffix(".md"))
+    latex = frame.to_latex(index=False, float_format=lambda v: f"{v:.4g}", na_rep="--", caption=title)
+    atomic_write_text(latex, stem.with_suffix(".tex"))
+
+
+def results_frame(summary: dict) -> pd.DataFrame:
+    """Base VAE vs NCP-VAE (and reconstructions) on every metric of this run."""
+    fid, nll = summary["fid"], summary["nll"]
+    sampling = summary["sampling"]
+    rows = [
+        ("Base VAE (prior p)", fid["base"], fid["kid"].get("base"), nll["base"], sampling.get("base", {}).get("seconds_per_image")),
+        ("NCP-VAE, SIR", fid["ncp_sir"], fid["kid"].get("sir"), nll["ncp"], sampling.get("sir", {}).get("seconds_per_image")),
+    ]
+    if fid.get("ncp_ld") is not None:
+        rows.append(("NCP-VAE, LD", fid["ncp_ld"], fid["kid"].get("ld"), nll["ncp"], sampling.get("ld", {}).get("seconds_per_image")))
+    rows.append(("Base VAE-Recon (q)", fid["recon"], fid["kid"].get("recon"), None, None))
+    return pd.DataFrame(rows, columns=["model", f"FID ({fid['features']})", "KID", "NLL (nats)", "s / image"])
+
+
+def paper_comparison_frame(table: dict, summary: dict) -> pd.DataFrame:
+    """A paper table's rows with our matching figure and the difference (ours - paper)."""
+    rows = []
+    for row in table["rows"]:
+        ours = _lookup(summary, row.get("ours"))
+        rows.append({"model": row["model"], "paper": row["value"], "ours": ours,
+                     "ours - paper": None if ours is None else ours - row["value"]})
+    return pd.DataFrame(rows)
+
+
+def mmd_frame(summary: dict) -> pd.DataFrame:
+    """Table 9 for this run: MMD^2 of q against p and against p_NCP, per group."""
+    return pd.DataFrame(summary["mmd"]["per_group"])[["group", "dim", "bandwidth", "q_p", "q_pncp"]]
+
+
+def plot_figure5(summary: dict, figures_dir: Path) -> None:
+    """Fig. 5: (a) final classifier loss per group, (b) SIR effective sample size vs that loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = summary["nce"]["per_group"]
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar([g["group"] for g in groups], [g["final_loss"] for g in groups], color="tab:blue")
+    ax.axhline(1.3863, color="gray", linestyle="--", linewidth=1, label="2 log 2 (p = q)")
+    ax.set_xlabel("latent group")
+    ax.set_ylabel("final NCE loss L*")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(figures_dir / "fig5_loss.png", dpi=120)
+    plt.close(fig)
+    with_ess = [g for g in groups if g.get("sir_ess") is not None]
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.scatter([g["final_loss"] for g in with_ess], [g["sir_ess"] for g in with_ess], color="tab:orange")
+    for g in with_ess:
+        ax.annotate(str(g["group"]), (g["final_loss"], g["sir_ess"]), fontsize=8)
+    ax.set_xlabel("final NCE loss L*")
+    ax.set_ylabel("SIR effective sample size")
+    fig.tight_layout()
+    fig.savefig(figures_dir / "fig5_ess.png", dpi=120)
+    plt.close(fig)
+
+
+def run(cfg: ExperimentConfig, metrics_dir: Path, summary_out: Path, tables_dir: Path, figures_dir: Path) -> None:
+    """Write the summary, the results table, this run's versions of its paper tables, and Fig. 5."""
+    summary = build_summary(cfg, metrics_dir)
+    write_json(summary, summary_out)
+    tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
+    fid, nll = summary["fid"], summary["nll"]
+    protocol = [
+        f"experiment `{cfg.experiment}`, seed {cfg.seed}; samples at temperature 1 (the quantitative protocol)",
+        f"FID/KID: {fid['num_samples']} samples vs {fid['num_reference']} training images, features: {fid['features']}",
+        f"NLL: {nll['num_images']} test images, {nll['iw_samples']} importance samples; NCP NLL includes -log Z, "
+        f"log Z = {nll['log_z']:.3f} +- {nll['log_z_se']:.3f} from {nll['log_z_samples']} prior samples (ESS {nll['log_z_ess']:.0f})",
+        f"SIR with {cfg.sample.sir_num_proposals} proposals per group; LD {cfg.sample.ld_num_steps} steps of size {cfg.sample.ld_step_size}",
+    ]
+    _write_table(results_frame(summary), f"Base VAE vs NCP-VAE ({cfg.experiment})", protocol, tables_dir / "results")
+    paper = paper_results()["tables"]
+    for name in cfg.paper_tables:
+        if name == "table9":
+            _write_table(mmd_frame(summary), paper[name]["title"] + " - this run's groups", protocol
+                         + [f"paper (CelebA-64, 5k samples): " + ", ".join(f"group {r['group']}: {r['q_p']} / {r['q_pncp']}" for r in paper[name]["rows"])],
+                         tables_dir / name)
+        elif "rows" in paper.get(name, {}) and "value" in paper[name]["rows"][0]:
+            frame = paper_comparison_frame(paper[name], summary)
+            missing = frame[frame["ours"].isna()]["model"].tolist()
+            notes = protocol + [f"this run: {cfg.paper_row or cfg.experiment}; the paper's setting differs unless the params are the paper's"]
+            if missing:
+                notes.append("rows without a figure of ours (other models or not run here): " + ", ".join(missing))
+            _write_table(frame, paper[name]["title"], notes, tables_dir / name)
+    plot_figure5(summary, figures_dir)
