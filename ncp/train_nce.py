@@ -7,6 +7,7 @@ drawn with the same z_<k; its logit is log r_k. Groups are independent jobs.
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from pathlib import Path
 
 from ncp.config import NCEConfig
@@ -18,6 +19,7 @@ from ncp.runtime import atomic_save, load_torch, pick_device, seed_everything, w
 
 def run(nce: NCEConfig, seed: int, device: str, group_latents: Path, out: Path, metrics_out: Path) -> None:
     """Train D_k on one group's cached latents; write the classifier and its diagnostics."""
+    print(f"train-nce started at {datetime.now().isoformat()}", flush=True)
     cached = load_torch(group_latents)
     group = int(cached["group"])
     seed_everything(seed + 1000 * (group + 1))
@@ -52,3 +54,4 @@ def run(nce: NCEConfig, seed: int, device: str, group_latents: Path, out: Path, 
         out,
     )
     write_json({"group": group, "num_pairs": int(cached["z_q"].shape[0]), **diagnostics}, metrics_out)
+    print(f"train-nce group {group}: L* = {final_loss:.4f}; finished at {datetime.now().isoformat()}", flush=True)

@@ -14,7 +14,8 @@ from torch.distributions import MixtureSameFamily, MultivariateNormal
 
 from ncp.models.base import sample_from_prior
 from ncp.models.conv_vae import ConvVAE, ConvVAEConfig
-from ncp.models.mlp_vae import MLPVAE, MLPVAEConfig, StandardNormalPrior, negative_elbo
+from ncp.models.mlp_vae import MLPVAE, MLPVAEConfig, negative_elbo
+from ncp.models.single_group import StandardNormalPrior
 from ncp.priors.gmm import GMMPrior, fit_gmm_prior
 
 torch.set_num_threads(1)
@@ -313,8 +314,13 @@ def test_mlp_checkpoint_keeps_the_data_mean():
     model = MLPVAE(MLPVAEConfig(latent_dim=6), data_mean=data_mean)
     expected_bias = torch.logit(data_mean[0, 2:30, 2:30].clamp(1e-4, 1 - 1e-4)).flatten()
     torch.testing.assert_close(model.decoder[-1].bias, expected_bias)
-    rebuilt = MLPVAE.from_config(dataclasses.asdict(model.config))
+    rebuilt = MLPVAE.from_config({**dataclasses.asdict(model.config), "data_mean": None})
     rebuilt.load_state_dict(model.state_dict(), strict=True)
+    # A data mean given through the config dict reaches the model like the constructor argument.
+    from_dict = MLPVAE.from_config({"latent_dim": 6, "data_mean": data_mean.tolist()})
+    torch.testing.assert_close(from_dict.decoder[-1].bias, expected_bias)
+    with pytest.raises(ValueError, match="no data mean"):
+        ConvVAE.from_config({"data_mean": [0.5]})
     x = binary_images(3)
     torch.testing.assert_close(rebuilt(x, noise_scale=0.0).logits, model(x, noise_scale=0.0).logits)
 

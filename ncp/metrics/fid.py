@@ -81,16 +81,19 @@ def _psd_sqrt(matrix: Tensor) -> Tensor:
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians.
 
-    tr (S1 S2)^(1/2) is the sum of singular values of S1^(1/2) S2^(1/2): the eigenvalues of S1 S2
-    are the squared singular values of that product, which keeps everything real and symmetric.
+    S1 S2 is similar to the symmetric PSD matrix S1^(1/2) S2 S1^(1/2), so tr (S1 S2)^(1/2) is the sum
+    of the square roots of that matrix's eigenvalues: real arithmetic and symmetric solvers only.
     """
     mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
     sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ValueError(f"statistics differ in dimension: {mu1.shape} vs {mu2.shape}")
-    # torch's LAPACK is several times faster than numpy's here (2048-d: ~5 s instead of ~20 s).
+    # torch's LAPACK (MKL) runs these 2048-d symmetric solvers several times faster than numpy's.
     s1, s2 = torch.from_numpy(np.asarray(sigma1, np.float64)), torch.from_numpy(np.asarray(sigma2, np.float64))
-    trace_sqrt = float(torch.linalg.svdvals(_psd_sqrt(s1) @ _psd_sqrt(s2)).sum())
+    root1 = _psd_sqrt(s1)
+    product = root1 @ s2 @ root1
+    eigenvalues = torch.linalg.eigvalsh((product + product.T) / 2)  # symmetrise away rounding
+    trace_sqrt = float(eigenvalues.clamp(min=0).sqrt().sum())
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
 

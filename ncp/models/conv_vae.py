@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Independent, Normal
 
-from ncp.models.mlp_vae import (
+from ncp.models.single_group import (
     BasePriorKind,
     SingleGroupVAE,
     check_base_prior_fields,
@@ -140,8 +140,12 @@ class ConvVAE(SingleGroupVAE):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ConvVAE:
-        """Rebuild from ``dataclasses.asdict(model.config)`` (lists are read back as tuples)."""
-        return cls(config_from_dict(ConvVAEConfig, config))
+        """Build from ``dataclasses.asdict(model.config)`` (lists are read back as tuples); a
+        ``data_mean`` entry, accepted for symmetry with ``MLPVAE.from_config``, must be None."""
+        values = dict(config)
+        if values.pop("data_mean", None) is not None:
+            raise ValueError("ConvVAE uses no data mean; pass data_mean=None or leave it out")
+        return cls(config_from_dict(ConvVAEConfig, values))
 
     def _check_images(self, x: Tensor) -> None:
         """Raise ValueError unless x is (B, in_channels, image_size, image_size)."""

@@ -17,16 +17,24 @@ from typing import Literal, Optional
 import torch
 from torch import Tensor, nn
 
-NormKind = Literal["group", "batch"]
+NormKind = Literal["group", "batch", "none"]
 
 
 def _norm_2d(kind: NormKind, channels: int) -> nn.Module:
-    """GroupNorm (per-sample, so q and p rows never leak into each other) or BatchNorm."""
+    """BatchNorm (NVAE's choice), GroupNorm or nothing.
+
+    Per-sample normalisation (GroupNorm, LayerNorm) divides out each sample's feature scale, which
+    log r depends on (e.g. |z|^2 terms); in our known-answer tests it learned log r clearly worse
+    (correlation 0.80-0.84 against 0.90-0.97 for BatchNorm or no norm), hence the BatchNorm default.
+    NCE training passes q and p rows through BatchNorm as one batch, so its statistics carry no label.
+    """
     if kind == "group":
         return nn.GroupNorm(math.gcd(8, channels), channels)
     if kind == "batch":
         return nn.BatchNorm2d(channels)
-    raise ValueError(f"unknown norm {kind!r}; expected 'group' or 'batch'")
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}; expected 'group', 'batch' or 'none'")
 
 
 def _add_context(h: Tensor, context_features: Tensor) -> Tensor:
@@ -132,12 +140,12 @@ class ConvClassifier(nn.Module):
 
 
 class MLPResidualBlock(nn.Module):
-    """h + Linear(Swish(Linear(Swish(LayerNorm(h)))))."""
+    """h + Linear(Swish(Linear(Swish(h)))); no per-sample normalisation (see ``_norm_2d``)."""
 
     def __init__(self, width: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width)
+            nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width)
         )
 
     def forward(self, h: Tensor) -> Tensor:
@@ -158,7 +166,7 @@ class MLPClassifier(nn.Module):
         self.z_in = nn.Linear(latent_dim, hidden)
         self.context_in = None if context_dim is None else nn.Linear(context_dim, hidden, bias=False)
         self.blocks = nn.Sequential(*[MLPResidualBlock(hidden) for _ in range(num_blocks)])
-        self.head = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        self.head = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 1))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
@@ -179,7 +187,7 @@ def build_classifier(
     hidden: int = 64,
     num_blocks: int = 2,
     use_se: bool = True,
-    norm: NormKind = "group",
+    norm: NormKind = "batch",
     num_downsamples: int = 0,
 ) -> nn.Module:
     """A classifier for one latent group: a conv net for (C, H, W) latents, an MLP for (D,) latents.

@@ -132,7 +132,7 @@ def train_classifier(
     hidden: int = 64,
     num_blocks: int = 2,
     use_se: bool = True,
-    norm: NormKind = "group",
+    norm: NormKind = "batch",
     num_downsamples: int = 0,
     epochs: int = 20,
     batch_size: int = 256,

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ncp.models.nvae.layers import WeightNormConv2d, weight_normalize
+from ncp.models.nvae.layers import WeightNormConv2d, initial_log_weight_norm, weight_normalize
 
 
 def channel_mask(c_in: int, c_out: int, groups: int, zero_diag: bool) -> Tensor:
@@ -62,14 +62,11 @@ class MaskedConv2d(WeightNormConv2d):
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int, padding: int = 0, groups: int = 1,
                  bias: bool = False, zero_diag: bool = False, mirror: bool = False) -> None:
-        nn.Conv2d.__init__(self, c_in, c_out, kernel_size, 1, padding, 1, groups, bias)
+        super().__init__(c_in, c_out, kernel_size, padding=padding, groups=groups, bias=bias)
         mask = autoregressive_mask(kernel_size, c_in, c_out, groups, zero_diag, mirror)
         self.register_buffer("mask", mask.to(self.weight.device), persistent=False)
-        self.log_weight_norm = nn.Parameter(self._initial_log_norm())
-
-    def _initial_log_norm(self) -> Tensor:
-        masked = self.weight.detach() * self.mask
-        return torch.log(torch.sqrt(torch.sum(masked * masked, dim=[1, 2, 3])).view(-1, 1, 1, 1) + 1e-2)
+        with torch.no_grad():  # NVAE initialises g from the norm of the masked kernel
+            self.log_weight_norm.copy_(initial_log_weight_norm(self.weight * self.mask))
 
     def normalized_weight(self) -> Tensor:
         """Masked, then weight-normalised kernel."""

@@ -21,6 +21,12 @@ def weight_normalize(weight: Tensor, log_weight_norm: Tensor) -> Tensor:
     return torch.exp(log_weight_norm) * weight / (norm + 1e-5)
 
 
+def initial_log_weight_norm(weight: Tensor) -> Tensor:
+    """log(||v|| + 0.01) per output channel, (C_out, 1, 1, 1): NVAE's initial log g."""
+    weight = weight.detach()
+    return torch.log(torch.sqrt(torch.sum(weight * weight, dim=[1, 2, 3])).view(-1, 1, 1, 1) + 1e-2)
+
+
 class WeightNormConv2d(nn.Conv2d):
     """NVAE's Conv2D with weight normalisation: trainable ``log_weight_norm`` = log g per output channel,
     initialised to log(||v|| + 0.01) so the initial kernel is (almost) the default-initialised one."""
@@ -28,11 +34,7 @@ class WeightNormConv2d(nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                  padding: int = 0, dilation: int = 1, groups: int = 1, bias: bool = False) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
-        self.log_weight_norm = nn.Parameter(self._initial_log_norm())
-
-    def _initial_log_norm(self) -> Tensor:
-        weight = self.weight.detach()
-        return torch.log(torch.sqrt(torch.sum(weight * weight, dim=[1, 2, 3])).view(-1, 1, 1, 1) + 1e-2)
+        self.log_weight_norm = nn.Parameter(initial_log_weight_norm(self.weight))
 
     def normalized_weight(self) -> Tensor:
         """The kernel the convolution applies (also the matrix whose spectral norm NVAE regularises)."""
