@@ -7,9 +7,6 @@ import math
 
 import pytest
 import torch
-
-from ncp.priors import NCPPrior, build_classifier, evaluate_classifier, train_classifier
-from ncp.samplers import SIRSampler
 from toy_hierarchy import (
     MixtureLogRatio,
     SingleGroupToyVAE,
@@ -17,6 +14,15 @@ from toy_hierarchy import (
     isotropic_normal_log_prob,
     make_mixture,
 )
+
+from ncp.priors import (
+    NCPPrior,
+    build_classifier,
+    evaluate_classifier,
+    split_pairs,
+    train_classifier,
+)
+from ncp.samplers import SIRSampler
 
 torch.set_num_threads(1)
 
@@ -38,6 +44,10 @@ def mixture_classifiers():
         classifier, history = train_classifier(
             z_q, z_p, hidden=hidden, num_blocks=2, epochs=10, batch_size=256, lr=2e-3, seed=dim
         )
+        # the returned weights are the best held-out ones: recompute their held-out loss
+        _, val_index = split_pairs(num_pairs, 0.1, seed=dim)
+        held_out = evaluate_classifier(classifier, z_q[val_index], z_p[val_index])
+        assert held_out.loss == pytest.approx(history.best_val_loss, abs=1e-5)
         trained[dim] = (q, classifier, history)
     return trained
 
@@ -63,11 +73,14 @@ def test_diagnostics_match_closed_form_divergences(mixture_classifiers, dim):
     found = evaluate_classifier(classifier, z_q, z_p)
     lq, lp = true_log_r(z_q), true_log_r(z_p)
     # the Bayes-optimal loss L* uses the true ratio: D = sigmoid(log r)
-    best_loss = (torch.nn.functional.softplus(-lq).mean() + torch.nn.functional.softplus(lp).mean()).item()
+    best_loss = (
+        torch.nn.functional.softplus(-lq).mean() + torch.nn.functional.softplus(lp).mean()
+    ).item()
     assert best_loss - 0.01 < found.loss < best_loss + 0.04, (found.loss, best_loss)
     assert found.jsd == pytest.approx(math.log(2) - found.loss / 2)
-    assert found.mean_log_r_q == pytest.approx(lq.mean().item(), abs=0.1)  # KL(q || p)
-    assert found.mean_log_r_p == pytest.approx(lp.mean().item(), abs=0.15)  # -KL(p || q)
+    # KL(q || p) = 0.42 (2-D), 1.12 (20-D); -KL(p || q) = -0.48, -1.57: learned ones are ~0.07 off
+    assert found.mean_log_r_q == pytest.approx(lq.mean().item(), abs=0.15)
+    assert found.mean_log_r_p == pytest.approx(lp.mean().item(), abs=0.2)
     assert history.best_val_loss == min(history.val_loss)
     assert history.val_loss[history.best_epoch] == history.best_val_loss
     assert len(history.train_loss) == len(history.val_loss) == 10
@@ -145,7 +158,11 @@ def test_classifier_shapes_zero_start_and_context_broadcast(group_shape, context
 
 def test_ncp_prior_checkpoint_round_trip_and_expanded_context():
     torch.manual_seed(0)
-    classifiers = [build_classifier((4,), None, hidden=8), None, build_classifier((4,), (3,), hidden=8)]
+    classifiers = [
+        build_classifier((4,), None, hidden=8),
+        None,
+        build_classifier((4,), (3,), hidden=8),
+    ]
     for classifier in (classifiers[0], classifiers[2]):
         for p in classifier.parameters():
             torch.nn.init.normal_(p, std=0.3)

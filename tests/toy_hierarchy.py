@@ -10,7 +10,6 @@ with context c(z_<2) = z_1. Both implement the ``LatentVAE`` contract; the "deco
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -44,7 +43,7 @@ class GaussianMixture:
         per_component = isotropic_normal_log_prob(z[:, None, :], self.means, self.std)  # (N, K)
         return torch.logsumexp(per_component + self.weights.log(), dim=1)
 
-    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n draws, (n, D)."""
         component = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         noise = torch.randn(n, self.dim, generator=generator)
@@ -57,7 +56,9 @@ class GaussianMixture:
     def covariance(self) -> Tensor:
         """Cov[z] = sigma^2 I + sum_j pi_j mu_j mu_j^T - E[z] E[z]^T, (D, D)."""
         m = self.mean()
-        second = (self.weights[:, None, None] * self.means[:, :, None] * self.means[:, None, :]).sum(0)
+        second = (
+            self.weights[:, None, None] * self.means[:, :, None] * self.means[:, None, :]
+        ).sum(0)
         return self.std**2 * torch.eye(self.dim) + second - torch.outer(m, m)
 
 
@@ -78,7 +79,7 @@ class MixtureLogRatio(nn.Module):
         self.mixture = mixture
         self.offset = offset  # added to log r: scales Z by exp(offset)
 
-    def forward(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
+    def forward(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         return self.mixture.log_prob(z) - isotropic_normal_log_prob(z, 0.0, 1.0) + self.offset
 
 
@@ -89,7 +90,7 @@ class LinearTiltLogRatio(nn.Module):
         super().__init__()
         self.beta = beta
 
-    def forward(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
+    def forward(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         return z @ self.beta
 
 
@@ -110,7 +111,7 @@ class SingleGroupToyVAE:
     def group_shapes(self) -> list[tuple[int, ...]]:
         return [(self.dim,)]
 
-    def context_shapes(self) -> list[Optional[tuple[int, ...]]]:
+    def context_shapes(self) -> list[tuple[int, ...] | None]:
         return [None]
 
     def forward(self, x: Tensor, noise_scale: float = 1.0) -> VAEOutput:
@@ -148,7 +149,7 @@ class ConditionalLogRatio(nn.Module):
         super().__init__()
         self.a, self.s, self.b, self.c0, self.t = a, s, b, c0, t
 
-    def forward(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
+    def forward(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         if context is None or context.shape != z.shape:
             raise ValueError("ConditionalLogRatio needs one context row z_1 per z_2 row")
         log_q = isotropic_normal_log_prob(z, self.b * context + self.c0, self.t)
@@ -184,7 +185,7 @@ class TwoGroupToyVAE:
     def group_shapes(self) -> list[tuple[int, ...]]:
         return [(self.dim,), (self.dim,)]
 
-    def context_shapes(self) -> list[Optional[tuple[int, ...]]]:
+    def context_shapes(self) -> list[tuple[int, ...] | None]:
         return [None, (self.dim,)]
 
     def prior_2(self, z1: Tensor, temperature: float = 1.0) -> Distribution:
@@ -201,9 +202,7 @@ class TwoGroupToyVAE:
         m1, c1 = self.q1.mean(), self.q1.covariance()
         mean = torch.cat([m1, self.b * m1 + self.c0])
         c22 = self.b**2 * c1 + self.t**2 * torch.eye(self.dim)
-        cov = torch.cat(
-            [torch.cat([c1, self.b * c1], 1), torch.cat([self.b * c1, c22], 1)], 0
-        )
+        cov = torch.cat([torch.cat([c1, self.b * c1], 1), torch.cat([self.b * c1, c22], 1)], 0)
         return mean, cov
 
     def forward(self, x: Tensor, noise_scale: float = 1.0) -> VAEOutput:

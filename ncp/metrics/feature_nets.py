@@ -115,22 +115,33 @@ def load_inception(
 class DomainClassifier(nn.Module):
     """LeNet-style classifier for small images; its hidden layer is the domain feature space."""
 
-    def __init__(self, in_channels: int = 1, image_size: int = 32, num_classes: int = 10, feature_dim: int = 128):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 32,
+        num_classes: int = 10,
+        feature_dim: int = 128,
+        channels: tuple[int, int] = (16, 32),
+    ):
         super().__init__()
         if image_size % 4:
             raise ValueError(f"image_size must be a multiple of 4 (two 2x poolings), got {image_size}")
         self.config = dict(
-            in_channels=in_channels, image_size=image_size, num_classes=num_classes, feature_dim=feature_dim
+            in_channels=in_channels,
+            image_size=image_size,
+            num_classes=num_classes,
+            feature_dim=feature_dim,
+            channels=tuple(channels),
         )
-        self.conv1 = nn.Conv2d(in_channels, 32, 5, padding=2)
-        self.conv2 = nn.Conv2d(32, 64, 5, padding=2)
-        self.hidden = nn.Linear(64 * (image_size // 4) ** 2, feature_dim)
+        self.conv1 = nn.Conv2d(in_channels, channels[0], 5, padding=2)
+        self.conv2 = nn.Conv2d(channels[0], channels[1], 5, padding=2)
+        self.hidden = nn.Linear(channels[1] * (image_size // 4) ** 2, feature_dim)
         self.head = nn.Linear(feature_dim, num_classes)
 
     def features(self, x: Tensor) -> Tensor:
         """Penultimate-layer features (before the ReLU, closer to Gaussian) of images in [0, 1]."""
-        h = F.max_pool2d(F.relu(self.conv1(x)), 2)  # (B, 32, S/2, S/2)
-        h = F.max_pool2d(F.relu(self.conv2(h)), 2)  # (B, 64, S/4, S/4)
+        h = F.max_pool2d(F.relu(self.conv1(x)), 2)  # (B, C1, S/2, S/2)
+        h = F.max_pool2d(F.relu(self.conv2(h)), 2)  # (B, C2, S/4, S/4)
         return self.hidden(h.flatten(1))  # (B, feature_dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -162,8 +173,8 @@ class DomainFeatures:
 def train_domain_classifier(
     images: Tensor,
     labels: Tensor,
-    epochs: int = 3,
-    batch_size: int = 128,
+    epochs: int = 5,
+    batch_size: int = 64,
     lr: float = 1e-3,
     seed: int = 0,
     binarize_prob: float = 0.0,

@@ -12,9 +12,8 @@ context batch B that divides z's batch N = M * B, with z laid out proposal-major
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional
+from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
 NormKind = Literal["group", "batch", "none"]
@@ -92,7 +91,7 @@ class ConvClassifier(nn.Module):
     def __init__(
         self,
         group_shape: tuple[int, int, int],
-        context_shape: Optional[tuple[int, ...]],
+        context_shape: tuple[int, ...] | None,
         hidden: int,
         num_blocks: int,
         use_se: bool,
@@ -125,7 +124,7 @@ class ConvClassifier(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
+    def forward(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         """Logit log r_k, (N,)."""
         h = self.stem(z)  # (N, hidden, H, W)
         if self.context_proj is not None:
@@ -158,19 +157,19 @@ class MLPClassifier(nn.Module):
 
     broadcasts_context = True
 
-    def __init__(
-        self, latent_dim: int, context_dim: Optional[int], hidden: int, num_blocks: int
-    ):
+    def __init__(self, latent_dim: int, context_dim: int | None, hidden: int, num_blocks: int):
         super().__init__()
         # Linear(cat[z, c]) = Linear_z(z) + Linear_c(c); the split lets the context broadcast
         self.z_in = nn.Linear(latent_dim, hidden)
-        self.context_in = None if context_dim is None else nn.Linear(context_dim, hidden, bias=False)
+        self.context_in = (
+            None if context_dim is None else nn.Linear(context_dim, hidden, bias=False)
+        )
         self.blocks = nn.Sequential(*[MLPResidualBlock(hidden) for _ in range(num_blocks)])
         self.head = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 1))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
-    def forward(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
+    def forward(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         """Logit log r_k, (N,)."""
         h = self.z_in(z.flatten(1))  # (N, hidden)
         if self.context_in is not None:
@@ -182,7 +181,7 @@ class MLPClassifier(nn.Module):
 
 def build_classifier(
     group_shape: tuple[int, ...],
-    context_shape: Optional[tuple[int, ...]] = None,
+    context_shape: tuple[int, ...] | None = None,
     *,
     hidden: int = 64,
     num_blocks: int = 2,
@@ -210,15 +209,15 @@ def build_classifier(
         classifier = MLPClassifier(group_shape[0], context_dim, hidden, num_blocks)
     else:
         raise ValueError(f"latent group shape must be (C, H, W) or (D,), got {group_shape}")
-    classifier.build_args = dict(
-        group_shape=group_shape,
-        context_shape=context_shape,
-        hidden=hidden,
-        num_blocks=num_blocks,
-        use_se=use_se,
-        norm=norm,
-        num_downsamples=num_downsamples,
-    )
+    classifier.build_args = {
+        "group_shape": group_shape,
+        "context_shape": context_shape,
+        "hidden": hidden,
+        "num_blocks": num_blocks,
+        "use_se": use_se,
+        "norm": norm,
+        "num_downsamples": num_downsamples,
+    }
     return classifier
 
 

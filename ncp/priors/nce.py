@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -53,7 +53,7 @@ def jensen_shannon_estimate(loss: float) -> float:
     return math.log(2.0) - 0.5 * loss
 
 
-def _check_samples(z_q: Tensor, z_p: Tensor, context: Optional[Tensor]) -> None:
+def _check_samples(z_q: Tensor, z_p: Tensor, context: Tensor | None) -> None:
     """Raise a one-line ValueError unless q, p and context rows pair up."""
     if z_q.shape != z_p.shape:
         raise ValueError(f"z_q {tuple(z_q.shape)} and z_p {tuple(z_p.shape)} must have one shape")
@@ -64,8 +64,8 @@ def _check_samples(z_q: Tensor, z_p: Tensor, context: Optional[Tensor]) -> None:
 
 
 def _batch(
-    tensors: tuple[Tensor, Tensor, Optional[Tensor]], index: Tensor, device: torch.device
-) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    tensors: tuple[Tensor, Tensor, Tensor | None], index: Tensor, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """Rows ``index`` of (z_q, z_p, context) on ``device`` as float32 (caches may be float16)."""
     index = index.to(tensors[0].device)
     return tuple(  # type: ignore[return-value]
@@ -75,7 +75,7 @@ def _batch(
 
 
 def _logits(
-    classifier: nn.Module, z_q: Tensor, z_p: Tensor, context: Optional[Tensor]
+    classifier: nn.Module, z_q: Tensor, z_p: Tensor, context: Tensor | None
 ) -> tuple[Tensor, Tensor]:
     """Logits on q and p rows from one pass, so BatchNorm (if used) sees both classes together."""
     z = torch.cat([z_q, z_p])  # (2B, ...)
@@ -89,7 +89,7 @@ def evaluate_classifier(
     classifier: nn.Module,
     z_q: Tensor,
     z_p: Tensor,
-    context: Optional[Tensor] = None,
+    context: Tensor | None = None,
     *,
     batch_size: int = 1024,
     device: str | torch.device = "cpu",
@@ -104,15 +104,19 @@ def evaluate_classifier(
         index = torch.arange(start, min(start + batch_size, n))
         logits_q, logits_p = _logits(classifier, *_batch((z_q, z_p, context), index, device))
         ones, zeros = torch.ones_like(logits_q), torch.zeros_like(logits_p)
-        sums += torch.stack(
-            [
-                binary_cross_entropy_with_logits(logits_q, ones, reduction="sum"),
-                binary_cross_entropy_with_logits(logits_p, zeros, reduction="sum"),
-                logits_q.sum(),
-                logits_p.sum(),
-                (logits_q > 0).sum() + (logits_p <= 0).sum(),
-            ]
-        ).double().cpu()
+        sums += (
+            torch.stack(
+                [
+                    binary_cross_entropy_with_logits(logits_q, ones, reduction="sum"),
+                    binary_cross_entropy_with_logits(logits_p, zeros, reduction="sum"),
+                    logits_q.sum(),
+                    logits_p.sum(),
+                    (logits_q > 0).sum() + (logits_p <= 0).sum(),
+                ]
+            )
+            .double()
+            .cpu()
+        )
     bce_q, bce_p, log_r_q, log_r_p, correct = (sums / n).tolist()
     loss = bce_q + bce_p
     return NCEDiagnostics(
@@ -124,10 +128,19 @@ def evaluate_classifier(
     )
 
 
+def split_pairs(num_pairs: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """(train indices, held-out indices): the random split ``train_classifier`` uses for ``seed``."""
+    order = torch.randperm(num_pairs, generator=torch.Generator().manual_seed(seed))
+    num_val = round(val_fraction * num_pairs)
+    if num_val >= num_pairs:
+        raise ValueError(f"val_fraction {val_fraction} leaves no training pairs out of {num_pairs}")
+    return order[num_val:], order[:num_val]
+
+
 def train_classifier(
     z_q: Tensor,
     z_p: Tensor,
-    context: Optional[Tensor] = None,
+    context: Tensor | None = None,
     *,
     hidden: int = 64,
     num_blocks: int = 2,
@@ -147,8 +160,8 @@ def train_classifier(
     """Train D_k on paired samples z_q[i], z_p[i] (both with context[i]) by Eq. (4) with AdamW.
 
     ``z_q`` ~ q(z_k|z_<k), ``z_p`` ~ p(z_k|z_<k), each (N, *group_shape); ``context`` (N,
-    *context_shape) or None. A random ``val_fraction`` of the pairs is held out and the weights with
-    the lowest held-out loss are returned (in eval mode, on ``device``), with the per-epoch history.
+    *context_shape) or None. A random ``val_fraction`` of the pairs (``split_pairs``) is held out and
+    the weights with the lowest held-out loss are returned (eval mode, on ``device``) with the history.
     """
     _check_samples(z_q, z_p, context)
     if not 0.0 <= val_fraction < 1.0:
@@ -158,7 +171,7 @@ def train_classifier(
     if lr_schedule not in ("cosine", "constant"):
         raise ValueError(f"unknown lr_schedule {lr_schedule!r}; expected 'cosine' or 'constant'")
     device = torch.device(device)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed + 1)  # epoch shuffles
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
         torch.manual_seed(seed)
         classifier = build_classifier(
@@ -172,11 +185,8 @@ def train_classifier(
         ).to(device)
 
     n = z_q.shape[0]
-    order = torch.randperm(n, generator=generator)
-    num_val = int(round(val_fraction * n))
-    val_index, train_index = order[:num_val], order[num_val:]
-    if len(train_index) == 0:
-        raise ValueError(f"val_fraction {val_fraction} leaves no training pairs out of {n}")
+    train_index, val_index = split_pairs(n, val_fraction, seed)
+    num_val = len(val_index)
     tensors = (z_q, z_p, context)
     val_tensors = tuple(None if t is None else t[val_index.to(t.device)] for t in tensors)
 

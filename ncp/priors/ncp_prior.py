@@ -7,9 +7,9 @@ object serves SIR, Langevin dynamics and the log Z estimate.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
@@ -21,7 +21,7 @@ CHECKPOINT_FORMAT_VERSION = 1
 class NCPPrior(nn.Module):
     """Per-group density ratios r_k; a group whose classifier is None keeps its base prior (r = 1)."""
 
-    def __init__(self, classifiers: Sequence[Optional[nn.Module]]):
+    def __init__(self, classifiers: Sequence[nn.Module | None]):
         super().__init__()
         self.num_groups = len(classifiers)
         # ModuleDict keyed by group index: nn.ModuleList cannot hold the None of groups left alone
@@ -33,7 +33,7 @@ class NCPPrior(nn.Module):
         """Whether group k is reweighted (False: r_k = 1)."""
         return str(k) in self.classifiers
 
-    def classifier(self, k: int) -> Optional[nn.Module]:
+    def classifier(self, k: int) -> nn.Module | None:
         """The classifier of group k, or None."""
         self._check_group(k)
         return self.classifiers[str(k)] if self.has_classifier(k) else None
@@ -42,13 +42,13 @@ class NCPPrior(nn.Module):
         if not 0 <= k < self.num_groups:
             raise ValueError(f"group index {k} out of range for {self.num_groups} groups")
 
-    def freeze(self) -> "NCPPrior":
+    def freeze(self) -> NCPPrior:
         """Eval mode and no parameter gradients: the prior is fixed once stage 2 is trained."""
         self.eval()
         self.requires_grad_(False)
         return self
 
-    def log_r(self, k: int, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
+    def log_r(self, k: int, z: Tensor, context: Tensor | None = None) -> Tensor:
         """log r_k(z_k, c(z_<k)), (N,), for z (N, *group_shape).
 
         ``context`` has N rows, or B rows with N = M * B and z laid out proposal-major (M, B, ...):
@@ -66,9 +66,7 @@ class NCPPrior(nn.Module):
                 context = context.expand(n // b, *context.shape).reshape(n, *context.shape[1:])
         return classifier(z, context)
 
-    def sum_log_r(
-        self, latents: Sequence[Tensor], contexts: Sequence[Optional[Tensor]]
-    ) -> Tensor:
+    def sum_log_r(self, latents: Sequence[Tensor], contexts: Sequence[Tensor | None]) -> Tensor:
         """sum_k log r_k over all groups, (B,): log of p_NCP(z) * Z / p(z)."""
         if len(latents) != self.num_groups or len(contexts) != self.num_groups:
             raise ValueError(
@@ -80,9 +78,7 @@ class NCPPrior(nn.Module):
             total = total + self.log_r(k, z, c)
         return total
 
-    def energy(
-        self, k: int, z: Tensor, context: Optional[Tensor], prior: Distribution
-    ) -> Tensor:
+    def energy(self, k: int, z: Tensor, context: Tensor | None, prior: Distribution) -> Tensor:
         """E_k(z) = -log r_k(z, c) - log p(z_k | z_<k), (B,): group k's unnormalised -log density."""
         return -self.log_r(k, z, context) - prior.log_prob(z)
 
@@ -101,7 +97,7 @@ class NCPPrior(nn.Module):
         }
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> "NCPPrior":
+    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> NCPPrior:
         """Rebuild the prior saved by ``to_checkpoint`` (loaded strictly, frozen)."""
         version = checkpoint.get("format_version")
         if version != CHECKPOINT_FORMAT_VERSION:

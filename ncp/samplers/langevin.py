@@ -9,7 +9,6 @@ Hierarchies are sampled ancestrally, one group at a time, as the paper describes
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -30,9 +29,7 @@ class LangevinSampler:
         self.num_steps = num_steps
         self.step_size = step_size
 
-    def grad_energy(
-        self, k: int, z: Tensor, context: Optional[Tensor], prior: Distribution
-    ) -> Tensor:
+    def grad_energy(self, k: int, z: Tensor, context: Tensor | None, prior: Distribution) -> Tensor:
         """grad_z E(z), same shape as z; only z gets a gradient (the classifier stays untouched)."""
         with torch.enable_grad():  # walk_prior usually runs under no_grad
             z = z.detach().requires_grad_(True)
@@ -41,7 +38,7 @@ class LangevinSampler:
             (grad,) = torch.autograd.grad(energy.sum(), [z])
         return grad
 
-    def __call__(self, k: int, prior: Distribution, context: Optional[Tensor]) -> Tensor:
+    def __call__(self, k: int, prior: Distribution, context: Tensor | None) -> Tensor:
         """z_k (B, *group_shape) after Langevin dynamics started from ``prior.sample()``."""
         z = prior.sample()
         if not self.ncp_prior.has_classifier(k):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -52,7 +51,7 @@ class SIRSampler:
         self._totals: dict[int, list[float]] = {}
 
     @torch.no_grad()
-    def __call__(self, k: int, prior: Distribution, context: Optional[Tensor]) -> Tensor:
+    def __call__(self, k: int, prior: Distribution, context: Tensor | None) -> Tensor:
         """z_k (B, *group_shape) resampled from M proposals of ``prior`` (batch shape (B,))."""
         if not self.ncp_prior.has_classifier(k):
             return prior.sample()  # r_k = 1: every proposal is equally good

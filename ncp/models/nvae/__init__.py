@@ -4,8 +4,13 @@ official checkpoints load strictly. See model.py for the architecture walk-throu
 from ncp.models.nvae.checkpoint import load_nvae_checkpoint
 from ncp.models.nvae.config import NVAEConfig
 from ncp.models.nvae.model import NVAE, readjust_batchnorm
-from ncp.models.nvae.regularizers import (balanced_kl, kl_balance_alpha, kl_balance_coefficients,
-                                          kl_warmup_coefficient, regularization_weight)
+from ncp.models.nvae.regularizers import (
+    balanced_kl,
+    kl_balance_alpha,
+    kl_balance_coefficients,
+    kl_warmup_coefficient,
+    regularization_weight,
+)
 
 __all__ = [
     "NVAE",

@@ -9,22 +9,29 @@ encoder and one inverted residual (expand x6, depthwise 5x5) in the decoder.
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ncp.models.nvae.config import CHANNEL_MULT
-from ncp.models.nvae.layers import (BatchNormSwish, PlainConv2d, SqueezeExcitation, WeightNormConv2d,
-                                    WrappedBatchNorm)
+from ncp.models.nvae.layers import BatchNormSwish, PlainConv2d, SqueezeExcitation, WeightNormConv2d, WrappedBatchNorm
 
 UPSAMPLE = -1  # NVAE encodes "upsample x2" as stride -1
 
 
 def _arch(enc: list[str], dec: list[str], pre: list[str], post: list[str]) -> dict[str, list[str]]:
-    return {"normal_enc": enc, "down_enc": enc, "normal_dec": dec, "up_dec": dec,
-            "normal_pre": pre, "down_pre": pre, "normal_post": post, "up_post": post}
+    return {
+        "normal_enc": enc,
+        "down_enc": enc,
+        "normal_dec": dec,
+        "up_dec": dec,
+        "normal_pre": pre,
+        "down_pre": pre,
+        "normal_post": post,
+        "up_post": post,
+    }
 
 
 _BNSWISH2, _MB6, _MB3 = ["res_bnswish", "res_bnswish"], ["mconv_e6k5g0"], ["mconv_e3k5g0"]
@@ -71,8 +78,9 @@ class ActConv(nn.Module):
             self.bn = WrappedBatchNorm(c_in)
         # NVAE's 'res_elu' also re-initialises the conv from the first batch (data-dependent init);
         # that only changes the starting point of training and is not reproduced here.
-        self.conv_0 = WeightNormConv2d(c_in, c_out, 3, stride=abs(stride), padding=dilation,
-                                       dilation=dilation, bias=True)
+        self.conv_0 = WeightNormConv2d(
+            c_in, c_out, 3, stride=abs(stride), padding=dilation, dilation=dilation, bias=True
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """act(x) -> [upsample] -> conv."""
@@ -90,13 +98,15 @@ class ActConv(nn.Module):
 class ConvBNSwish(nn.Module):
     """Unnormalised conv -> BatchNorm -> Swish (held as ``conv``, a Sequential, like NVAE)."""
 
-    def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int = 1, groups: int = 1,
-                 dilation: int = 1) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, kernel_size: int, stride: int = 1, groups: int = 1, dilation: int = 1
+    ) -> None:
         super().__init__()
         padding = dilation * (kernel_size - 1) // 2
         self.conv = nn.Sequential(
             PlainConv2d(c_in, c_out, kernel_size, stride, padding, dilation=dilation, groups=groups),
-            BatchNormSwish(c_out))
+            BatchNormSwish(c_out),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """conv -> BN -> Swish."""
@@ -109,7 +119,7 @@ class InvertedResidual(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, stride: int, expansion: int, kernel_size: int, groups: int) -> None:
         super().__init__()
-        hidden = int(round(c_in * expansion))
+        hidden = c_in * expansion
         layers: list[nn.Module] = [nn.UpsamplingNearest2d(scale_factor=2)] if stride == UPSAMPLE else []
         layers += [
             WrappedBatchNorm(c_in),
@@ -161,8 +171,12 @@ class FactorizedReduce(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, c_out, H/2, W/2)."""
         out = F.silu(x)
-        parts = [self.conv_1(out), self.conv_2(out[:, :, 1:, 1:]),
-                 self.conv_3(out[:, :, :, 1:]), self.conv_4(out[:, :, 1:, :])]
+        parts = [
+            self.conv_1(out),
+            self.conv_2(out[:, :, 1:, 1:]),
+            self.conv_3(out[:, :, :, 1:]),
+            self.conv_4(out[:, :, 1:, :]),
+        ]
         return torch.cat(parts, dim=1)
 
 
@@ -193,8 +207,8 @@ class Cell(nn.Module):
         stride = stride_of(cell_type)
         self.skip = build_skip(c_in, stride)
         self._ops = nn.ModuleList(
-            build_op(name, c_in if i == 0 else c_out, c_out, stride if i == 0 else 1)
-            for i, name in enumerate(op_names))
+            build_op(name, c_in if i == 0 else c_out, c_out, stride if i == 0 else 1) for i, name in enumerate(op_names)
+        )
         if use_se:
             self.se = SqueezeExcitation(c_out)
 

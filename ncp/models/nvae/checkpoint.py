@@ -35,7 +35,7 @@ def load_nvae_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Te
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # any failure to unpickle means the file is not a usable checkpoint
+    except Exception as error:  # noqa: BLE001 - any failure to unpickle means the file is unusable
         raise ValueError(f"{path} is not a loadable NVAE checkpoint: {_short_reason(error)}") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "args" not in checkpoint:
         raise ValueError(f"{path} is not an NVAE checkpoint: expected a dict with 'state_dict' and 'args'")
@@ -43,7 +43,7 @@ def load_nvae_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Te
     if isinstance(args, argparse.Namespace):
         args = vars(args)
     if not isinstance(args, dict):
-        raise ValueError(f"{path}: 'args' is a {type(args).__name__}, not an argparse.Namespace or dict")
+        raise ValueError(f"{path}: 'args' is a {type(args).__name__}, not an argparse.Namespace or dict")  # noqa: TRY004
     state_dict = checkpoint["state_dict"]
     if not isinstance(state_dict, dict) or not all(isinstance(v, Tensor) for v in state_dict.values()):
         raise ValueError(f"{path}: 'state_dict' is not a mapping of names to tensors")

@@ -8,8 +8,9 @@ lack, and everything the model needs (groups per scale, shapes, likelihood) is a
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any
 
 CHANNEL_MULT = 2  # NVAE doubles channels at every downsampling and halves them at every upsampling
 LIKELIHOODS = ("bernoulli", "dmol", "normal")
@@ -47,7 +48,7 @@ _FIXED_SIZES = {"mnist": 32, "omniglot": 32, "stacked_mnist": 32, "cifar10": 32,
 _SIZE_SUFFIX = re.compile(r"^(celeba|imagenet|lsun_[a-z]+)_(\d+)$")  # e.g. celeba_64, lsun_church_128
 
 
-def _dataset_size(dataset: str) -> Optional[int]:
+def _dataset_size(dataset: str) -> int | None:
     """NVAE's input side for a dataset name (utils.get_input_size), or None if NVAE does not know it."""
     if dataset in _FIXED_SIZES:
         return _FIXED_SIZES[dataset]
@@ -85,12 +86,12 @@ class NVAEConfig:
     res_dist: bool
 
     @classmethod
-    def from_args(cls, args: Mapping[str, Any]) -> "NVAEConfig":
+    def from_args(cls, args: Mapping[str, Any]) -> NVAEConfig:
         """Read NVAE's argparse values (missing keys get NVAE's defaults); the dataset name picks
         the input shape and likelihood as NVAE does unless ``input_size``, ``input_channels``,
         ``likelihood`` or ``likelihood_crop`` are given explicitly."""
         if not isinstance(args, Mapping):
-            raise ValueError(f"NVAE args must be a dict (use vars(namespace)), got {type(args).__name__}")
+            raise ValueError(f"NVAE args must be a dict (use vars(namespace)), got {type(args).__name__}")  # noqa: TRY004
         full = {**NVAE_DEFAULT_ARGS, **args}
         dataset = str(full["dataset"])
         known_size = _dataset_size(dataset)
@@ -128,20 +129,44 @@ class NVAEConfig:
             raise ValueError(f"the mixture-of-logistics decoder needs 3 input channels, got {self.input_channels}")
         if self.arch_instance not in ARCH_CELLS:
             raise ValueError(f"unknown arch_instance {self.arch_instance!r}; known: {sorted(ARCH_CELLS)}")
-        positive = ("input_channels", "input_size", "num_channels_enc", "num_channels_dec", "num_latent_scales",
-                    "num_groups_per_scale", "num_latent_per_group", "min_groups_per_scale", "num_x_bits",
-                    "num_mixture_dec", "num_preprocess_cells", "num_cell_per_cond_enc")
+        positive = (
+            "input_channels",
+            "input_size",
+            "num_channels_enc",
+            "num_channels_dec",
+            "num_latent_scales",
+            "num_groups_per_scale",
+            "num_latent_per_group",
+            "min_groups_per_scale",
+            "num_x_bits",
+            "num_mixture_dec",
+            "num_preprocess_cells",
+            "num_cell_per_cond_enc",
+        )
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"NVAE flag {name} must be >= 1, got {getattr(self, name)}")
-        non_negative = ("num_preprocess_blocks", "num_postprocess_blocks", "num_postprocess_cells",
-                        "num_cell_per_cond_dec", "num_nf", "likelihood_crop")
+        non_negative = (
+            "num_preprocess_blocks",
+            "num_postprocess_blocks",
+            "num_postprocess_cells",
+            "num_cell_per_cond_dec",
+            "num_nf",
+            "likelihood_crop",
+        )
         for name in non_negative:
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"NVAE flag {name} must be >= 0, got {getattr(self, name)}")
+        if self.num_postprocess_blocks != self.num_preprocess_blocks:
+            raise ValueError(
+                f"num_postprocess_blocks ({self.num_postprocess_blocks}) must equal num_preprocess_blocks "
+                f"({self.num_preprocess_blocks}), or the output is not the input's size"
+            )
         if self.input_size % self.spatial_scaling != 0:
-            raise ValueError(f"input_size {self.input_size} is not divisible by 2^(preprocess blocks + "
-                             f"latent scales - 1) = {self.spatial_scaling}")
+            raise ValueError(
+                f"input_size {self.input_size} is not divisible by 2^(preprocess blocks + "
+                f"latent scales - 1) = {self.spatial_scaling}"
+            )
         if 2 * self.likelihood_crop >= self.input_size:
             raise ValueError(f"likelihood_crop {self.likelihood_crop} leaves no pixels of a {self.input_size} image")
 

@@ -92,8 +92,8 @@ class DiscretizedLogisticMixture:
         self.logit_probs = params[:, :num_mix]  # (B, M, H, W)
         rest = params[:, num_mix:].reshape(batch, 3, 3 * num_mix, height, width)  # (B, 3, 3M, H, W)
         self.means = rest[:, :, :num_mix]  # (B, 3, M, H, W)
-        self.log_scales = torch.clamp(rest[:, :, num_mix:2 * num_mix], min=-7.0)  # (B, 3, M, H, W)
-        self.coeffs = torch.tanh(rest[:, :, 2 * num_mix:3 * num_mix])  # (B, 3, M, H, W)
+        self.log_scales = torch.clamp(rest[:, :, num_mix : 2 * num_mix], min=-7.0)  # (B, 3, M, H, W)
+        self.coeffs = torch.tanh(rest[:, :, 2 * num_mix : 3 * num_mix])  # (B, 3, M, H, W)
         self.max_val = 2.0**num_bits - 1
 
     def log_prob(self, x: Tensor) -> Tensor:
@@ -102,11 +102,14 @@ class DiscretizedLogisticMixture:
             raise ValueError(f"the logistic mixture scores RGB images, got {x.size(1)} channels")
         x = (2 * x - 1.0).unsqueeze(2)  # (B, 3, 1, H, W), broadcast over the M components
         red, green = x[:, 0], x[:, 1]  # (B, 1, H, W)
-        means = torch.stack([
-            self.means[:, 0],
-            self.means[:, 1] + self.coeffs[:, 0] * red,
-            self.means[:, 2] + self.coeffs[:, 1] * red + self.coeffs[:, 2] * green,
-        ], dim=1)  # (B, 3, M, H, W)
+        means = torch.stack(
+            [
+                self.means[:, 0],
+                self.means[:, 1] + self.coeffs[:, 0] * red,
+                self.means[:, 2] + self.coeffs[:, 1] * red + self.coeffs[:, 2] * green,
+            ],
+            dim=1,
+        )  # (B, 3, M, H, W)
         centered = x - means
         inv_scale = torch.exp(-self.log_scales)
         plus_in = inv_scale * (centered + 1.0 / self.max_val)
@@ -117,12 +120,14 @@ class DiscretizedLogisticMixture:
         mid_in = inv_scale * centered
         log_pdf_mid = mid_in - self.log_scales - 2.0 * F.softplus(mid_in)
         # Where the bin mass underflows, approximate it by density x bin width.
-        log_prob_mid = torch.where(cdf_delta > 1e-5, torch.log(torch.clamp(cdf_delta, min=1e-10)),
-                                   log_pdf_mid - math.log(self.max_val / 2))
+        log_prob_mid = torch.where(
+            cdf_delta > 1e-5, torch.log(torch.clamp(cdf_delta, min=1e-10)), log_pdf_mid - math.log(self.max_val / 2)
+        )
         # NVAE's edge thresholds are -0.999 and 0.99; with 8 bits the value 254 (0.992) therefore also
         # gets the upper tail mass. Kept as is, since NVAE's likelihoods were computed this way.
-        log_probs = torch.where(x < -0.999, log_cdf_plus,
-                                torch.where(x > 0.99, log_one_minus_cdf_min, log_prob_mid))  # (B, 3, M, H, W)
+        log_probs = torch.where(
+            x < -0.999, log_cdf_plus, torch.where(x > 0.99, log_one_minus_cdf_min, log_prob_mid)
+        )  # (B, 3, M, H, W)
         log_probs = log_probs.sum(dim=1) + F.log_softmax(self.logit_probs, dim=1)  # (B, M, H, W)
         return torch.logsumexp(log_probs, dim=1)  # (B, H, W)
 

@@ -35,7 +35,7 @@ def channel_mask(c_in: int, c_out: int, groups: int, zero_diag: bool) -> Tensor:
         ratio = c_out // c_in
         for i in range(c_in):
             first_hidden = i if zero_diag else i + 1
-            mask[i * ratio:(i + 1) * ratio, first_hidden:] = 0
+            mask[i * ratio : (i + 1) * ratio, first_hidden:] = 0
     else:
         ratio = c_in // c_out
         for i in range(c_out):
@@ -44,8 +44,7 @@ def channel_mask(c_in: int, c_out: int, groups: int, zero_diag: bool) -> Tensor:
     return mask
 
 
-def autoregressive_mask(kernel_size: int, c_in: int, c_out: int, groups: int, zero_diag: bool,
-                        mirror: bool) -> Tensor:
+def autoregressive_mask(kernel_size: int, c_in: int, c_out: int, groups: int, zero_diag: bool, mirror: bool) -> Tensor:
     """Kernel mask (c_out, c_in // groups, k, k): rows above the centre and pixels left of it are visible,
     the centre pixel follows ``channel_mask``; ``mirror`` flips it to the reversed raster order."""
     centre = (kernel_size - 1) // 2
@@ -60,8 +59,17 @@ class MaskedConv2d(WeightNormConv2d):
     """NVAE's ARConv2d: a weight-normalised conv whose kernel is multiplied by an autoregressive mask
     (a fixed, non-persistent buffer: NVAE does not save it) before normalisation."""
 
-    def __init__(self, c_in: int, c_out: int, kernel_size: int, padding: int = 0, groups: int = 1,
-                 bias: bool = False, zero_diag: bool = False, mirror: bool = False) -> None:
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernel_size: int,
+        padding: int = 0,
+        groups: int = 1,
+        bias: bool = False,
+        zero_diag: bool = False,
+        mirror: bool = False,
+    ) -> None:
         super().__init__(c_in, c_out, kernel_size, padding=padding, groups=groups, bias=bias)
         mask = autoregressive_mask(kernel_size, c_in, c_out, groups, zero_diag, mirror)
         self.register_buffer("mask", mask.to(self.weight.device), persistent=False)
@@ -78,13 +86,21 @@ class ARInvertedResidual(nn.Module):
 
     def __init__(self, latent_channels: int, expansion: int = 6, kernel_size: int = 5, mirror: bool = False) -> None:
         super().__init__()
-        self.hidden_dim = int(round(latent_channels * expansion))
+        self.hidden_dim = latent_channels * expansion
         self.convz = nn.Sequential(
             MaskedConv2d(latent_channels, self.hidden_dim, 3, padding=1, zero_diag=True, mirror=mirror),
             nn.ELU(inplace=True),
-            MaskedConv2d(self.hidden_dim, self.hidden_dim, kernel_size, padding=(kernel_size - 1) // 2,
-                         groups=self.hidden_dim, zero_diag=False, mirror=mirror),
-            nn.ELU(inplace=True))
+            MaskedConv2d(
+                self.hidden_dim,
+                self.hidden_dim,
+                kernel_size,
+                padding=(kernel_size - 1) // 2,
+                groups=self.hidden_dim,
+                zero_diag=False,
+                mirror=mirror,
+            ),
+            nn.ELU(inplace=True),
+        )
 
     def forward(self, z: Tensor) -> Tensor:
         """(B, C_z, H, W) -> (B, 6 C_z, H, W) features that depend on earlier positions of z only."""

@@ -31,8 +31,17 @@ class WeightNormConv2d(nn.Conv2d):
     """NVAE's Conv2D with weight normalisation: trainable ``log_weight_norm`` = log g per output channel,
     initialised to log(||v|| + 0.01) so the initial kernel is (almost) the default-initialised one."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int = 0, dilation: int = 1, groups: int = 1, bias: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = False,
+    ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
         self.log_weight_norm = nn.Parameter(initial_log_weight_norm(self.weight))
 
@@ -53,8 +62,17 @@ class PlainConv2d(nn.Conv2d):
     match NVAE's in both directions while the module holds only ``weight``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int = 0, dilation: int = 1, groups: int = 1, bias: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = False,
+    ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
         self.register_state_dict_post_hook(_add_weight_alias)
         self.register_load_state_dict_pre_hook(_drop_weight_alias)
@@ -103,8 +121,9 @@ class SqueezeExcitation(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         hidden = max(channels // 16, 4)
-        self.se = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True),
-                                nn.Linear(hidden, channels), nn.Sigmoid())
+        self.se = nn.Sequential(
+            nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels), nn.Sigmoid()
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """Scale each channel of x by a gate computed from its spatial mean."""

@@ -11,8 +11,9 @@ of group k's prior is the context c(z_<k) stage 2 conditions on.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -21,22 +22,30 @@ from torch.distributions import Independent
 from ncp.models.base import GroupSampler, PriorWalk, VAEOutput, sample_from_prior
 from ncp.models.nvae.cells import ARCH_CELLS, Cell, DecCombinerCell, EncCombinerCell
 from ncp.models.nvae.config import CHANNEL_MULT, NVAE_DEFAULT_ARGS, NVAEConfig
-from ncp.models.nvae.distributions import (DiscretizedLogisticMixture, bernoulli_log_prob, check_unit_interval,
-                                           normal_decoder, normal_decoder_log_prob, normal_kl, nvae_normal,
-                                           quantize_bits, sample_with_noise)
+from ncp.models.nvae.distributions import (
+    DiscretizedLogisticMixture,
+    bernoulli_log_prob,
+    check_unit_interval,
+    normal_decoder,
+    normal_decoder_log_prob,
+    normal_kl,
+    nvae_normal,
+    quantize_bits,
+    sample_with_noise,
+)
 from ncp.models.nvae.flows import PairedARCell
 from ncp.models.nvae.layers import PlainConv2d, WeightNormConv2d
 from ncp.models.nvae.regularizers import SpectralNormEstimator, batchnorm_loss, kl_balance_alpha
 
 # Internal rule of the top-down walk: (group k, raw prior mean, raw prior log-std, context or None) -> z_k.
 # Raw means before NVAE's soft clamp, which the residual posterior needs.
-LatentPicker = Callable[[int, Tensor, Tensor, Optional[Tensor]], Tensor]
+LatentPicker = Callable[[int, Tensor, Tensor, Tensor | None], Tensor]
 
 
 class NVAE(nn.Module):
     """NVAE's AutoEncoder implementing the LatentVAE contract (ncp.models.base)."""
 
-    def __init__(self, config: NVAEConfig, args: Optional[Mapping[str, Any]] = None) -> None:
+    def __init__(self, config: NVAEConfig, args: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.config = config
         self.args = dict(args) if args is not None else {}  # NVAE's flags, enough to rebuild the model
@@ -59,17 +68,18 @@ class NVAE(nn.Module):
             mult = mult / CHANNEL_MULT ** (c.num_latent_scales - 1)
         self.post_process, mult = self._build_post_process(arch, mult)
         self.image_conditional = nn.Sequential(
-            nn.ELU(), WeightNormConv2d(int(c.num_channels_dec * mult), c.output_channels, 3, padding=1, bias=True))
+            nn.ELU(), WeightNormConv2d(int(c.num_channels_dec * mult), c.output_channels, 3, padding=1, bias=True)
+        )
         self._spectral_norm = SpectralNormEstimator(num_power_iter=4)
 
     @classmethod
-    def from_args(cls, args: Mapping[str, Any]) -> "NVAE":
+    def from_args(cls, args: Mapping[str, Any]) -> NVAE:
         """Build from NVAE's argparse values (a dict); missing flags get NVAE's defaults."""
         config = NVAEConfig.from_args(args)
         return cls(config, {**NVAE_DEFAULT_ARGS, **dict(args)})
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> "NVAE":
+    def from_checkpoint(cls, path: str | Path) -> NVAE:
         """An official NVAE checkpoint, rebuilt from its args, loaded strictly, in eval mode."""
         from ncp.models.nvae.checkpoint import load_nvae_checkpoint
 
@@ -116,14 +126,20 @@ class NVAE(nn.Module):
         self.enc_sampler, self.dec_sampler, self.nf_cells = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         for scale, num_groups in enumerate(c.groups_per_decoder_scale):
             for group in range(num_groups):
-                self.enc_sampler.append(WeightNormConv2d(int(c.num_channels_enc * mult), 2 * c.num_latent_per_group,
-                                                         3, padding=1, bias=True))
+                self.enc_sampler.append(
+                    WeightNormConv2d(
+                        int(c.num_channels_enc * mult), 2 * c.num_latent_per_group, 3, padding=1, bias=True
+                    )
+                )
                 for _ in range(c.num_nf):
                     self.nf_cells.append(PairedARCell(c.num_latent_per_group))
                 if not (scale == 0 and group == 0):  # group 0's prior is a fixed Normal
-                    self.dec_sampler.append(nn.Sequential(
-                        nn.ELU(), WeightNormConv2d(int(c.num_channels_dec * mult), 2 * c.num_latent_per_group, 1,
-                                                   bias=True)))
+                    self.dec_sampler.append(
+                        nn.Sequential(
+                            nn.ELU(),
+                            WeightNormConv2d(int(c.num_channels_dec * mult), 2 * c.num_latent_per_group, 1, bias=True),
+                        )
+                    )
             mult /= CHANNEL_MULT
 
     def _build_decoder_tower(self, arch: dict) -> nn.ModuleList:
@@ -165,10 +181,10 @@ class NVAE(nn.Module):
         c = self.config
         return [(c.num_latent_per_group, c.decoder_scale_side(s), c.decoder_scale_side(s)) for s in c.group_scales()]
 
-    def context_shapes(self) -> list[Optional[tuple[int, ...]]]:
+    def context_shapes(self) -> list[tuple[int, ...] | None]:
         """Shape of the decoder state feeding each group's prior; None for group 0 (fixed prior)."""
         c = self.config
-        shapes: list[Optional[tuple[int, ...]]] = [None]
+        shapes: list[tuple[int, ...] | None] = [None]
         for s in c.group_scales()[1:]:
             shapes.append((c.decoder_scale_channels(s), c.decoder_scale_side(s), c.decoder_scale_side(s)))
         return shapes
@@ -186,12 +202,12 @@ class NVAE(nn.Module):
                 state = cell(state)
         return state, slot_features[::-1]  # deepest slot pairs with decoder group 1 (ladder structure)
 
-    def _top_down(self, batch_size: int, pick: LatentPicker) -> tuple[Tensor, list[Tensor], list[Optional[Tensor]]]:
+    def _top_down(self, batch_size: int, pick: LatentPicker) -> tuple[Tensor, list[Tensor], list[Tensor | None]]:
         """The decoder walk shared by forward and sampling: (output parameters, z per group, contexts)."""
         latents: list[Tensor] = []
-        contexts: list[Optional[Tensor]] = []
+        contexts: list[Tensor | None] = []
 
-        def visit(k: int, state: Optional[Tensor]) -> Tensor:
+        def visit(k: int, state: Tensor | None) -> Tensor:
             if k == 0:
                 zeros = self.prior_ftr0.new_zeros(batch_size, *self.group_shapes()[0])  # (B, C_z, H, W)
                 z = pick(0, zeros, zeros, None)
@@ -219,7 +235,7 @@ class NVAE(nn.Module):
 
     def _apply_flows(self, k: int, z: Tensor) -> Tensor:
         """Group k's flow cells (shift-only, so log q is unchanged)."""
-        for flow in self.nf_cells[k * self.config.num_nf:(k + 1) * self.config.num_nf]:
+        for flow in self.nf_cells[k * self.config.num_nf : (k + 1) * self.config.num_nf]:
             z = flow(z)
         return z
 
@@ -233,7 +249,7 @@ class NVAE(nn.Module):
         combiners = [cell for cell in self.enc_tower if isinstance(cell, EncCombinerCell)][::-1]
         log_q, log_p, kl, priors = [], [], [], []
 
-        def posterior(k: int, mu_p: Tensor, log_sigma_p: Tensor, context: Optional[Tensor]) -> Tensor:
+        def posterior(k: int, mu_p: Tensor, log_sigma_p: Tensor, context: Tensor | None) -> Tensor:
             feature = self.enc0(top_feature) if k == 0 else combiners[k - 1](slot_features[k - 1], context)
             mu_q, log_sigma_q = torch.chunk(self.enc_sampler[k](feature), 2, dim=1)
             if k > 0 and self.config.res_dist:  # residual posterior: q's parameters are offsets from p's
@@ -251,8 +267,15 @@ class NVAE(nn.Module):
             return z
 
         logits, latents, contexts = self._top_down(x.size(0), posterior)
-        return VAEOutput(logits=logits, log_q=torch.stack(log_q, 1).sum(1), log_p=torch.stack(log_p, 1).sum(1),
-                         kl=torch.stack(kl, dim=1), latents=latents, contexts=contexts, priors=priors)
+        return VAEOutput(
+            logits=logits,
+            log_q=torch.stack(log_q, 1).sum(1),
+            log_p=torch.stack(log_p, 1).sum(1),
+            kl=torch.stack(kl, dim=1),
+            latents=latents,
+            contexts=contexts,
+            priors=priors,
+        )
 
     def walk_prior(self, num_images: int, choose: GroupSampler, temperature: float = 1.0) -> PriorWalk:
         """Ancestral sampling: p(z_k | z_<k) with every std scaled by ``temperature`` (group 0 included, as
@@ -263,7 +286,7 @@ class NVAE(nn.Module):
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         shapes = self.group_shapes()
 
-        def from_prior(k: int, mu: Tensor, log_sigma: Tensor, context: Optional[Tensor]) -> Tensor:
+        def from_prior(k: int, mu: Tensor, log_sigma: Tensor, context: Tensor | None) -> Tensor:
             prior = Independent(nvae_normal(mu, log_sigma, temperature), 3, validate_args=False)
             z = choose(k, prior, context)
             if tuple(z.shape) != (num_images, *shapes[k]):

@@ -7,7 +7,7 @@ lambda * (spectral + batchnorm), with gamma_k the balancing coefficients while b
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,7 @@ class SpectralNormEstimator:
         for kernel in kernels:
             matrix = kernel.reshape(kernel.size(0), -1)  # (C_out, C_in * k * k)
             by_shape.setdefault(tuple(matrix.shape), []).append(matrix)
-        loss: Optional[Tensor] = None
+        loss: Tensor | None = None
         for shape, matrices in by_shape.items():
             weights = torch.stack(matrices, dim=0)  # (N, rows, cols)
             u, v = self._power_iteration(shape, weights.detach())
@@ -47,10 +47,12 @@ class SpectralNormEstimator:
         stale = shape in self.left and self.left[shape].size(0) != weights.size(0)
         if shape not in self.left or stale:
             count, rows, cols = weights.shape
-            self.left[shape] = F.normalize(torch.randn(count, rows, device=weights.device, dtype=weights.dtype),
-                                           dim=1, eps=1e-3)
-            self.right[shape] = F.normalize(torch.randn(count, cols, device=weights.device, dtype=weights.dtype),
-                                            dim=1, eps=1e-3)
+            self.left[shape] = F.normalize(
+                torch.randn(count, rows, device=weights.device, dtype=weights.dtype), dim=1, eps=1e-3
+            )
+            self.right[shape] = F.normalize(
+                torch.randn(count, cols, device=weights.device, dtype=weights.dtype), dim=1, eps=1e-3
+            )
             num_iter = 10 * self.num_power_iter
         u = self.left[shape].to(device=weights.device, dtype=weights.dtype)
         v = self.right[shape].to(device=weights.device, dtype=weights.dtype)
@@ -63,8 +65,9 @@ class SpectralNormEstimator:
 
 def batchnorm_loss(model: nn.Module) -> Tensor:
     """Sum over affine BatchNorm layers of max |gamma| (NVAE's batchnorm_loss)."""
-    terms = [m.weight.abs().max() for m in model.modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+    terms = [
+        m.weight.abs().max() for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine
+    ]
     if not terms:
         raise ValueError("the model has no affine BatchNorm layers")
     return torch.stack(terms).sum()
@@ -73,8 +76,12 @@ def batchnorm_loss(model: nn.Module) -> Tensor:
 def kl_balance_alpha(groups_per_decoder_scale: Sequence[int], scheme: str = "square") -> Tensor:
     """Per-group prior weights alpha_k of NVAE's KL balancing (utils.kl_balancer_coeff), coarsest scale
     first; 'square' gives 4^i / (groups in scale i) for decoder scale i, all schemes scaled to min 1."""
-    factors = {"equal": lambda i: 1.0, "linear": lambda i: 2.0**i,
-               "sqrt": lambda i: math.sqrt(2.0**i), "square": lambda i: 4.0**i}
+    factors = {
+        "equal": lambda i: 1.0,
+        "linear": lambda i: 2.0**i,
+        "sqrt": lambda i: math.sqrt(2.0**i),
+        "square": lambda i: 4.0**i,
+    }
     if scheme not in factors:
         raise ValueError(f"unknown KL balancing scheme {scheme!r}; expected one of {sorted(factors)}")
     values = []
@@ -108,7 +115,7 @@ def kl_warmup_coefficient(step: int, anneal_steps: float, constant_steps: float,
     return max(min((step - constant_steps) / anneal_steps, 1.0), min_coeff)
 
 
-def regularization_weight(beta: float, final: float, initial: Optional[float] = None) -> float:
+def regularization_weight(beta: float, final: float, initial: float | None = None) -> float:
     """lambda for the spectral + BN terms: ``final``, or with ``initial`` (NVAE's
     --weight_decay_norm_anneal) the log-linear interpolation exp((1 - beta) log initial + beta log final)."""
     if initial is None:
