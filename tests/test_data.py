@@ -10,6 +10,7 @@ import torch
 from ncp.data import (
     ImageSet,
     binarize,
+    evaluation_split,
     iterate_batches,
     limit_image_set,
     load_dataset,
@@ -140,6 +141,18 @@ def test_iterate_batches_covers_every_image_once():
     assert set(binary.unique().tolist()) <= {0.0, 1.0}
 
 
+def test_iterate_batches_takes_an_image_set_and_its_binary_flag():
+    images = torch.full((40, 1, 2, 2), 128, dtype=torch.uint8)
+    grey_set = ImageSet(images, None, "cifar10", "train", binary=False)
+    binary_set = ImageSet(images, None, "mnist5k", "train", binary=True)
+    assert torch.cat(list(iterate_batches(grey_set, 16))).unique().tolist() == [pytest.approx(128 / 255)]
+    draws = torch.cat(list(iterate_batches(binary_set, 16, generator=torch.Generator().manual_seed(0))))
+    assert draws.unique().tolist() == [0.0, 1.0]
+    assert torch.cat(list(iterate_batches(binary_set, 16, binary=False))).unique().tolist() == [pytest.approx(128 / 255)]
+    first_ten = binary_set.subset(10)
+    assert len(first_ten) == 10 and first_ten.binary and len(binary_set.subset(99)) == 40
+
+
 def test_image_set_round_trip(tmp_path):
     images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
     image_set = ImageSet(images, torch.arange(6), "cifar10", "test", binary=False, padding=0)
@@ -198,6 +211,7 @@ def test_missing_folders_give_clear_errors(tmp_path):
         load_dataset("mnist", root=tmp_path, split="train")
     with pytest.raises(ValueError, match="unknown dataset"):
         load_dataset("imagenet", root=tmp_path)
+    assert evaluation_split("celeba64") == "valid" and evaluation_split("mnist5k") == "test"
 
 
 def test_celeba64_crop_and_split(tmp_path):

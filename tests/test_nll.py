@@ -103,7 +103,10 @@ def test_exact_posterior_is_exact_with_one_sample():
     assert result.nats == pytest.approx(float(expected.mean()), abs=1e-9)
     assert result.bits_per_dim == pytest.approx(result.nats / (math.log(2) * DATA_DIM))
     assert result.std_error == pytest.approx(float(expected.std() / math.sqrt(len(x))), rel=1e-6)
-    assert (result.num_images, result.iw_samples) == (12, 1)
+    assert (result.num_images, result.iw_samples, result.num_dims) == (12, 1, DATA_DIM)
+    torch.manual_seed(0)
+    scored = importance_weighted_nll(model, x, num_iw_samples=1, batch_size=5, num_dims=3)
+    assert scored.bits_per_dim == pytest.approx(result.nats / (math.log(2) * 3))
 
 
 def test_samples_stay_with_their_image():

@@ -56,8 +56,12 @@ class ImageSet:
         """(C, H, W) of one image."""
         return tuple(self.images.shape[1:])
 
-    def subset(self, indices: Tensor) -> "ImageSet":
-        """The images (and labels) at ``indices``, in that order."""
+    def subset(self, indices: Tensor | int) -> "ImageSet":
+        """The images (and labels) at ``indices``, in that order; an int n means the first n images."""
+        if isinstance(indices, int):
+            if indices < 1:
+                raise ValueError(f"subset size must be positive, got {indices}")
+            indices = torch.arange(min(indices, len(self)))
         labels = self.labels[indices] if self.labels is not None else None
         return ImageSet(self.images[indices], labels, self.name, self.split, self.binary, self.padding)
 
@@ -152,6 +156,15 @@ _DATASETS = {
     "celeba64": (_celeba64_arrays, False, 0),
 }
 DATASET_NAMES = tuple(_DATASETS)
+# The split each dataset is evaluated on: NVAE reports CelebA-64 on CelebA's "valid" partition.
+_EVALUATION_SPLITS = {"celeba64": "valid"}
+
+
+def evaluation_split(name: str) -> str:
+    """Name of the split a dataset is evaluated on ("test", or "valid" for celeba64 as in NVAE)."""
+    if name not in _DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    return _EVALUATION_SPLITS.get(name, "test")
 
 
 def load_dataset(
@@ -247,18 +260,23 @@ def prepare_batch(images: Tensor, binary: bool, generator: Optional[torch.Genera
 
 
 def iterate_batches(
-    images: Tensor,
+    images: Tensor | ImageSet,
     batch_size: int,
     shuffle: bool = False,
     generator: Optional[torch.Generator] = None,
-    binary: bool = False,
+    binary: Optional[bool] = None,
     drop_last: bool = False,
 ) -> Iterator[Tensor]:
-    """One pass over uint8 images (N, C, H, W) in float batches in [0, 1] (binarised afresh if ``binary``).
+    """One pass over uint8 images (N, C, H, W) in float batches in [0, 1] (binarised afresh if binary).
 
-    ``generator`` drives both the shuffle and the binarisation, so a seeded generator gives a
-    reproducible epoch.
+    ``images`` is a uint8 tensor or an ImageSet; ``binary`` defaults to the ImageSet's flag (False for
+    a bare tensor). ``generator`` drives both the shuffle and the binarisation, so a seeded generator
+    gives a reproducible epoch.
     """
+    if isinstance(images, ImageSet):
+        binary = images.binary if binary is None else binary
+        images = images.images
+    binary = bool(binary)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     count = len(images)

@@ -88,6 +88,7 @@ def estimate_log_z(
         raise ValueError(
             f"NCP prior has {ncp_prior.num_groups} groups but the VAE has {vae.num_groups}"
         )
+    ncp_prior.eval()  # BatchNorm classifiers must use their running statistics
     accumulator = LogMeanExpAccumulator()
     for start in range(0, num_samples, batch_size):
         walk = vae.walk_prior(min(batch_size, num_samples - start), sample_from_prior)

@@ -27,11 +27,12 @@ class NLLResult:
     """Test negative log-likelihood averaged over images, with its standard error."""
 
     nats: float  # mean of -log p(x) over images
-    bits_per_dim: float  # nats / (ln 2 * C * H * W of the images given, padding included)
+    bits_per_dim: float  # nats / (ln 2 * num_dims)
     std_error: float  # standard error of the mean of the per-image NLLs
     num_images: int
     iw_samples: int
     log_z: float = 0.0  # the normaliser subtracted for an NCP prior (0 for the base prior)
+    num_dims: int = 0  # pixels x channels per image that log p(x|z) scores
 
     def to_dict(self) -> dict:
         """Plain dict for JSON / tables."""
@@ -74,6 +75,7 @@ def importance_weighted_nll(
     log_r_fn: Optional[LogRatioFn] = None,
     log_z: float = 0.0,
     binarize_generator: Optional[torch.Generator] = None,
+    num_dims: Optional[int] = None,
 ) -> NLLResult:
     """IW estimate of -log p(x) for images (N, C, H, W) with ``num_iw_samples`` samples per image.
 
@@ -81,7 +83,8 @@ def importance_weighted_nll(
     when K is small, else one image with its K samples split into chunks. uint8 images are scaled
     to [0, 1], or binarised once per image (shared by its K samples) when ``binarize_generator`` is
     given; float images are used as they are. ``log_r_fn`` and ``log_z`` turn the base prior into
-    the NCP prior p(z) r(z) / Z.
+    the NCP prior p(z) r(z) / Z. ``num_dims`` (for bits/dim) defaults to C * H * W; pass the scored
+    count where log p(x|z) skips padding (784 for MNIST padded to 32x32).
     """
     if num_iw_samples < 1 or batch_size < 1:
         raise ValueError(f"num_iw_samples and batch_size must be positive, got {num_iw_samples}, {batch_size}")
@@ -100,7 +103,7 @@ def importance_weighted_nll(
         log_w = torch.cat(chunks, dim=1)  # (B, K)
         log_px.append(torch.logsumexp(log_w, dim=1) - math.log(num_iw_samples) - log_z)
     nll = -torch.cat(log_px).cpu()  # (N,)
-    dims = int(torch.Size(images.shape[1:]).numel())
+    dims = int(num_dims) if num_dims is not None else int(torch.Size(images.shape[1:]).numel())
     std_error = float(nll.std(unbiased=True) / math.sqrt(len(nll))) if len(nll) > 1 else float("nan")
     nats = float(nll.mean())
-    return NLLResult(nats, nats / (math.log(2) * dims), std_error, len(nll), num_iw_samples, float(log_z))
+    return NLLResult(nats, nats / (math.log(2) * dims), std_error, len(nll), num_iw_samples, float(log_z), dims)

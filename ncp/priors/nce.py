@@ -27,7 +27,7 @@ class NCEHistory:
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     best_epoch: int = -1  # epoch (0-based) whose weights were kept
-    best_val_loss: float = math.inf
+    best_val_loss: float = math.inf  # its held-out loss (its train loss when nothing is held out)
 
 
 @dataclass
@@ -59,8 +59,8 @@ def _check_samples(z_q: Tensor, z_p: Tensor, context: Tensor | None) -> None:
         raise ValueError(f"z_q {tuple(z_q.shape)} and z_p {tuple(z_p.shape)} must have one shape")
     if context is not None and context.shape[0] != z_q.shape[0]:
         raise ValueError(f"context has {context.shape[0]} rows but the latents have {z_q.shape[0]}")
-    if z_q.shape[0] < 2:
-        raise ValueError(f"need at least 2 sample pairs, got {z_q.shape[0]}")
+    if z_q.shape[0] < 1:
+        raise ValueError("need at least one sample pair, got none")
 
 
 def _batch(

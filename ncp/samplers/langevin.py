@@ -25,7 +25,8 @@ class LangevinSampler:
             raise ValueError(
                 f"need num_steps >= 0 and step_size > 0, got {num_steps} and {step_size}"
             )
-        self.ncp_prior = ncp_prior
+        # eval mode: BatchNorm must use its running statistics, not the chains' batch statistics
+        self.ncp_prior = ncp_prior.eval()
         self.num_steps = num_steps
         self.step_size = step_size
 

@@ -44,7 +44,8 @@ class SIRSampler:
             raise ValueError(
                 f"need num_proposals >= 1 and chunk_size >= 1, got {num_proposals} and {chunk_size}"
             )
-        self.ncp_prior = ncp_prior
+        # eval mode: BatchNorm must use its running statistics, not the proposals' batch statistics
+        self.ncp_prior = ncp_prior.eval()
         self.num_proposals = num_proposals
         self.chunk_size = chunk_size
         # group -> [number of images, sum of ESS, sum of log mean r]
