@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from ncp.config import ConfigError, ExperimentConfig, deep_merge, load_params_files, resolve_params
+from ncp.config import ConfigError, ExperimentConfig, load_params_files, resolve_params
 
 
 def _add_params(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path)
     p.add_argument("--train-data", type=Path)
     p.add_argument("--test-data", type=Path)
-    p.add_argument("--features", type=Path, help="feature network + reference statistics (from `evaluate features`)")
+    p.add_argument("--features", type=Path, help="reference features from `evaluate features` (network.pt beside it)")
     p.add_argument("--samples", type=Path, nargs="*", default=[])
     p.add_argument("--latents", type=Path, nargs="*", default=[])
     p.add_argument("--classifiers", type=Path, nargs="*", default=[])
@@ -135,7 +135,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif command == "evaluate":
         from ncp import evaluate
 
-        evaluate.run(args.metric, cfg, args)
+        evaluate.run(args.metric, cfg, out=args.out, checkpoint=args.checkpoint, train_data=args.train_data,
+                     test_data=args.test_data, features=args.features, samples=args.samples, latents=args.latents,
+                     classifiers=args.classifiers)
     elif command == "tables":
         from ncp import tables
 

@@ -117,7 +117,7 @@ def results_frame(summary: dict) -> pd.DataFrame:
     if fid.get("ncp_ld") is not None:
         rows.append(("NCP-VAE, LD", fid["ncp_ld"], fid["kid"].get("ld"), nll["ncp"], sampling.get("ld", {}).get("seconds_per_image")))
     rows.append(("Base VAE-Recon (q)", fid["recon"], fid["kid"].get("recon"), None, None))
-    return pd.DataFrame(rows, columns=["model", f"FID ({fid['features']})", "KID", "NLL (nats)", "s / image"])
+    return pd.DataFrame(rows, columns=["model", "FID", "KID", "NLL (nats)", "s / image"])
 
 
 def paper_comparison_frame(table: dict, summary: dict) -> pd.DataFrame:
@@ -183,7 +183,7 @@ def run(cfg: ExperimentConfig, metrics_dir: Path, summary_out: Path, tables_dir:
     for name in cfg.paper_tables:
         if name == "table9":
             _write_table(mmd_frame(summary), paper[name]["title"] + " - this run's groups", protocol
-                         + [f"paper (CelebA-64, 5k samples): " + ", ".join(f"group {r['group']}: {r['q_p']} / {r['q_pncp']}" for r in paper[name]["rows"])],
+                         + ["paper (CelebA-64, 5k samples): " + ", ".join(f"group {r['group']}: {r['q_p']} / {r['q_pncp']}" for r in paper[name]["rows"])],
                          tables_dir / name)
         elif "rows" in paper.get(name, {}) and "value" in paper[name]["rows"][0]:
             frame = paper_comparison_frame(paper[name], summary)

@@ -155,15 +155,22 @@ def fid_against_reference(
     with_kid: bool = True,
     num_bootstrap: int = 0,
     seed: int = 0,
+    kid_subsets: int = 100,
 ) -> FIDResult:
-    """FID (and KID where the reference kept its features) of features against a reference."""
+    """FID (and KID where the reference kept its features) of features against a reference.
+
+    KID costs ``kid_subsets`` x 3 products of (1000, D) matrices: about 30 s for 2048-d float32
+    Inception features on two CPU cores at the default 100 subsets.
+    """
     if reference.feature_net != feature_net:
         raise ValueError(f"reference statistics come from {reference.feature_net!r}, not {feature_net!r}")
     if reference.feats is not None:
         fid = fid_from_features(feats, reference.feats)
     else:
         fid = frechet_distance(*feature_statistics(feats), reference.mu, reference.sigma)
-    kid = kid_from_features(feats, reference.feats, seed=seed) if with_kid and reference.feats is not None else None
+    kid = None
+    if with_kid and reference.feats is not None:
+        kid = kid_from_features(feats, reference.feats, num_subsets=kid_subsets, seed=seed)
     spread = bootstrap_fid_std(feats, reference, num_bootstrap, seed) if num_bootstrap > 1 else None
     return FIDResult(fid, feature_net, len(feats), reference.num_images, kid, spread, num_bootstrap)
 

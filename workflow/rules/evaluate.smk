@@ -8,7 +8,8 @@ rule fid_features:
         test=rules.prepare_data.output.test,
         code=code("evaluate"),
     output:
-        features=f"{RESULTS}/features/reference.pt",
+        features=f"{RESULTS}/features/reference.npz",
+        network=f"{RESULTS}/features/network.pt",
     params:
         cfg=params_json("evaluate"),
     resources:
@@ -24,6 +25,7 @@ rule evaluate_fid:
     """FID and KID of every sampler's images (and of reconstructions) against the training set."""
     input:
         features=rules.fid_features.output.features,
+        network=rules.fid_features.output.network,
         samples=SAMPLES,
         checkpoint=rules.train_vae.output.checkpoint,
         train=rules.prepare_data.output.train,

