@@ -8,6 +8,7 @@ and peak memory go to one file, and a PNG grid beside it.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -50,6 +51,19 @@ def draw_samples(model, choose, num_samples: int, batch_size: int, temperature: 
     return {"images": torch.cat(images), "latents": [torch.cat(z) for z in latents]}
 
 
+def qualitative_grid(model, choose, sample: SampleConfig) -> torch.Tensor:
+    """Grid images at ``sample.temperature`` (paper Fig. 3): every group's std is scaled down and, for
+    NVAE, BatchNorm statistics are re-adjusted to that temperature on a copy of the model first.
+    Never used for the quantitative numbers."""
+    from ncp.models.nvae import NVAE, readjust_batchnorm
+
+    model = copy.deepcopy(model)
+    if isinstance(model, NVAE):
+        with torch.no_grad():
+            readjust_batchnorm(model, sample.temperature, num_passes=100, batch_size=min(64, sample.batch_size))
+    return draw_samples(model, choose, sample.grid_size, sample.batch_size, sample.temperature)["images"]
+
+
 def run(sample: SampleConfig, method: str, seed: int, device: str, checkpoint: Path,
         classifier_files: Sequence[Path], out: Path, grid_out: Path) -> None:
     """Draw ``sample.num_samples`` images with ``method`` and write them and a grid."""
@@ -70,6 +84,9 @@ def run(sample: SampleConfig, method: str, seed: int, device: str, checkpoint: P
          "peak_memory_bytes": peak, "diagnostics": diagnostics},
         out,
     )
-    grid = drawn["images"][: sample.grid_size].float() / 255.0
+    if sample.temperature == 1.0:
+        grid = drawn["images"][: sample.grid_size].float() / 255.0
+    else:
+        grid = qualitative_grid(model, choose, sample).float() / 255.0
     Path(grid_out).parent.mkdir(parents=True, exist_ok=True)
     save_image(grid, grid_out, nrow=int(max(1, round(len(grid) ** 0.5))), padding=1)

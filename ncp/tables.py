@@ -182,7 +182,8 @@ def run(cfg: ExperimentConfig, metrics_dir: Path, summary_out: Path, tables_dir:
     paper = paper_results()["tables"]
     for name in cfg.paper_tables:
         if name == "table9":
-            _write_table(mmd_frame(summary), paper[name]["title"] + " - this run's groups", protocol
+            _write_table(mmd_frame(summary), f"Table 9 for this run: unbiased MMD^2 of q(z_k) against p(z_k) and p_NCP(z_k), "
+                         f"{summary['mmd']['num_samples']} samples per population", protocol
                          + ["paper (CelebA-64, 5k samples): " + ", ".join(f"group {r['group']}: {r['q_p']} / {r['q_pncp']}" for r in paper[name]["rows"])],
                          tables_dir / name)
         elif "rows" in paper.get(name, {}) and "value" in paper[name]["rows"][0]:

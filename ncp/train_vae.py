@@ -45,8 +45,20 @@ def nvae_arch_args(vae: VAEConfig, data: DataConfig) -> dict:
     """NVAE's arguments for this dataset: the params' `vae.nvae` with the dataset filled in."""
     dataset_for = {"mnist5k": "mnist", "mnist": "mnist", "idx": "mnist", "cifar10": "cifar10", "celeba64": "celeba_64"}
     args = dict(vae.nvae)
-    args.setdefault("dataset", dataset_for[data.name])
+    if "dataset" not in args:  # a dataset without an NVAE name must give vae.nvae.dataset itself
+        if data.name not in dataset_for:
+            raise ValueError(f"set vae.nvae.dataset: NVAE has no dataset name for data.name {data.name!r}")
+        args["dataset"] = dataset_for[data.name]
     return args
+
+
+def training_mean_image(train_set) -> torch.Tensor:
+    """Mean training image (C, H, W) of pixel / 255: for binary data, the mean of the Bernoulli
+    probabilities dynamic binarisation draws from (the IWAE-paper init of the MLP VAE)."""
+    total = torch.zeros(train_set.images.shape[1:], dtype=torch.float64)
+    for start in range(0, len(train_set.images), 10_000):  # chunks: no float copy of the whole set
+        total += train_set.images[start : start + 10_000].to(torch.float64).sum(dim=0)
+    return (total / (255.0 * len(train_set.images))).float()
 
 
 def arch_args_for(vae: VAEConfig, data: DataConfig) -> dict:
@@ -97,9 +109,10 @@ def run(data: DataConfig, vae: VAEConfig, seed: int, device: str, train_data: Pa
     generator = seed_everything(seed)
     train_set = load_image_set(train_data)
     arch_args = arch_args_for(vae, data)
-    if vae.arch in ("mlp", "conv"):
-        arch_args.setdefault("data_mean", None)
-    model = build_vae(vae.arch, arch_args).to(torch_device)
+    # The MLP VAE centres its input on the training mean and starts its decoder bias at logit(mean).
+    # The mean travels in the state dict (a buffer), so the saved arch_args stay plain values.
+    build_args = {**arch_args, "data_mean": training_mean_image(train_set)} if vae.arch == "mlp" else arch_args
+    model = build_vae(vae.arch, build_args).to(torch_device)
     optimizer = _optimizer(model, vae.train)
     steps_per_epoch = math.ceil(len(train_set.images) / vae.train.batch_size)
     total_steps = vae.train.epochs * steps_per_epoch

@@ -2,8 +2,10 @@
 import json
 from pathlib import Path
 
+import yaml
 from snakemake.utils import validate
 
+import ncp
 from ncp.config import num_latent_groups, resolve_params, stage_params_json
 
 
@@ -50,6 +52,19 @@ def code(stage):
 def params_json(stage):
     """The params sections `stage` reads, as the JSON passed to `ncp <stage> --params-json`."""
     return stage_params_json(PARAMS, stage)
+
+
+def written_paper_tables(requested):
+    """The paper tables `ncp tables` writes for this run: table9, and those with per-run rows (as ncp/tables.py)."""
+    paper = yaml.safe_load((Path(ncp.__file__).parent / "paper_results.yaml").read_text())["tables"]
+    return [
+        name
+        for name in requested
+        if name == "table9" or ("rows" in paper.get(name, {}) and "value" in paper[name]["rows"][0])
+    ]
+
+
+PAPER_TABLES = written_paper_tables(PARAMS["paper"]["tables"])
 
 
 def all_outputs():

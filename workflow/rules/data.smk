@@ -7,6 +7,8 @@ rule prepare_data:
         test=f"{RESULTS}/data/test.pt",
     params:
         cfg=params_json("prepare-data"),
+    conda:
+        "../envs/ncp.yaml"
     log:
         f"{RESULTS}/logs/prepare_data.log",
     shell:

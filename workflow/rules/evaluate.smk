@@ -14,6 +14,8 @@ rule fid_features:
         cfg=params_json("evaluate"),
     resources:
         gpu=GPU_PER_JOB,
+    conda:
+        "../envs/ncp.yaml"
     log:
         f"{RESULTS}/logs/fid_features.log",
     shell:
@@ -36,6 +38,8 @@ rule evaluate_fid:
         cfg=params_json("evaluate"),
     resources:
         gpu=GPU_PER_JOB,
+    conda:
+        "../envs/ncp.yaml"
     log:
         f"{RESULTS}/logs/evaluate_fid.log",
     shell:
@@ -53,6 +57,8 @@ rule evaluate_mmd:
         metrics=f"{RESULTS}/metrics/mmd.json",
     params:
         cfg=params_json("evaluate"),
+    conda:
+        "../envs/ncp.yaml"
     log:
         f"{RESULTS}/logs/evaluate_mmd.log",
     shell:
@@ -73,6 +79,8 @@ rule evaluate_nll:
         cfg=params_json("evaluate"),
     resources:
         gpu=GPU_PER_JOB,
+    conda:
+        "../envs/ncp.yaml"
     log:
         f"{RESULTS}/logs/evaluate_nll.log",
     benchmark:

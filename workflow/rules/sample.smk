@@ -9,13 +9,20 @@ rule sample:
         code=code("sample"),
     output:
         samples=f"{RESULTS}/samples/{{method}}.pt",
-        grid=f"{RESULTS}/figures/samples_{{method}}.png",
+        grid=report(
+            f"{RESULTS}/figures/samples_{{method}}.png",
+            caption="../report/samples.rst",
+            category="Samples",
+            labels={"sampler": "{method}"},
+        ),
     wildcard_constraints:
         method="base|sir|ld",
     params:
         cfg=params_json("sample"),
     resources:
         gpu=GPU_PER_JOB,
+    conda:
+        "../envs/ncp.yaml"
     log:
         f"{RESULTS}/logs/sample_{{method}}.log",
     benchmark:

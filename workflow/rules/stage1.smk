@@ -10,6 +10,8 @@ rule train_vae:
         work_dir=f"{RESULTS}/work/vae",
     resources:
         gpu=GPU_PER_JOB,
+    conda:
+        "../envs/ncp.yaml"
     log:
         f"{RESULTS}/logs/train_vae.log",
     benchmark:

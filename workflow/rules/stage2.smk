@@ -10,6 +10,8 @@ rule cache_latents:
         cfg=params_json("cache-latents"),
     resources:
         gpu=GPU_PER_JOB,
+    conda:
+        "../envs/ncp.yaml"
     log:
         f"{RESULTS}/logs/cache_latents.log",
     shell:
@@ -29,6 +31,8 @@ rule train_nce:
         cfg=params_json("train-nce"),
     resources:
         gpu=GPU_PER_JOB,
+    conda:
+        "../envs/ncp.yaml"
     log:
         f"{RESULTS}/logs/train_nce_{{group}}.log",
     benchmark:
