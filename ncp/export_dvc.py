@@ -1,14 +1,19 @@
 """`ncp export-dvc`: write dvc.yaml from the Snakemake job graph, one DVC stage per Snakemake job.
 
-Snakemake holds the DAG; DVC versions what it produces. Each generated stage forces exactly one
-Snakemake job (`snakemake --allowed-rules <rule> --force <outputs>`), depends on the job's inputs (data
-and the ncp/ code files the rule lists), on the params sections the job reads (the top-level keys of
-the JSON its rule passes as `--params-json`, i.e. `ncp.config.STAGE_SECTIONS`), listed per params file
-that holds them, and declares the job's outputs: metrics JSON under `metrics:`, the rest under `outs:`.
-Every output is cached, because results/*/ is git-ignored: a `cache: false` output would be in neither
-git nor the DVC cache. The job graph comes from Snakemake's DAG, which its public API does not expose;
-we call the private `Workflow._prepare_dag` / `_build_dag` (as `snakemake --d3dag` does), so snakemake's
-minor version is pinned in pyproject.toml and tests/test_dvc.py covers this module.
+Snakemake holds the DAG; DVC versions what it produces. Each generated stage
+- runs exactly one Snakemake job: `snakemake --cores all [--configfile ...] --rerun-incomplete
+  --allowed-rules <rule> --force <outputs>` (upstream jobs never run: DVC has run them already);
+- depends on the job's inputs: data files and the ncp/ code files the rule lists;
+- depends on the params sections the job reads (the keys of the JSON its rule passes as `--params-json`,
+  i.e. `ncp.config.STAGE_SECTIONS`), listed under every params file that holds them: the Snakefile's
+  `configfile:` (params/default.yaml) and each --configfile overlay. DVC fails on a listed key that
+  its file lacks, so a section added to a params file later is tracked only once dvc.yaml is
+  regenerated (`--check` reports a stale file);
+- declares the job's outputs: JSON under results/*/metrics/ as `metrics:`, the rest as `outs:`. All are
+  cached: results/*/ is git-ignored, so a `cache: false` output would be kept by neither git nor DVC.
+The job graph comes from Snakemake's DAG, which its public API does not expose; we call the private
+`Workflow._prepare_dag` / `_build_dag` (as `snakemake --d3dag` does), so snakemake's minor version is
+pinned in pyproject.toml and tests/test_dvc.py covers this module.
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ import os
 import re
 import shlex
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import yaml
 
@@ -91,7 +96,7 @@ def _describe(job) -> str:
 def workflow_graph(configfiles: Sequence[str | Path] = (), workdir: str | Path = ".") -> WorkflowGraph:
     """Build the Snakemake DAG of the workflow in ``workdir`` (with --configfile ``configfiles``) and list its jobs."""
     from snakemake.api import SnakemakeApi
-    from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, Quietness, ResourceSettings
+    from snakemake.settings.types import OutputSettings, Quietness
 
     root = Path(workdir).resolve()
     cli_files = [(root / Path(f)) if not Path(f).is_absolute() else Path(f) for f in configfiles]
@@ -100,7 +105,18 @@ def workflow_graph(configfiles: Sequence[str | Path] = (), workdir: str | Path =
             raise ValueError(f"config file not found: {path}")
     # dryrun: no log file under .snakemake/log; quiet: the DAG is all we want
     output = OutputSettings(dryrun=True, quiet={Quietness.ALL})
-    with SnakemakeApi(output) as api:
+    cwd = os.getcwd()  # the API changes into the workflow directory
+    try:
+        return _graph(SnakemakeApi(output), cli_files, root)
+    finally:
+        os.chdir(cwd)
+
+
+def _graph(snakemake_api, cli_files: list[Path], root: Path) -> WorkflowGraph:
+    """Parse the workflow, build its DAG with every job forced, and read the jobs off it."""
+    from snakemake.settings.types import ConfigSettings, DAGSettings, ResourceSettings
+
+    with snakemake_api as api:
         workflow_api = api.workflow(
             resource_settings=ResourceSettings(cores=1),
             config_settings=ConfigSettings(configfiles=cli_files),

@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ncp.export_dvc import JobSpec, workflow_graph
 
@@ -47,7 +47,7 @@ def sync(configfiles: Sequence[str] = (), workdir: str | Path = ".", checkout: b
     """Touch every restored output of the experiment so Snakemake sees it as current; return an exit status."""
     root = Path(workdir)
     if checkout:
-        status = subprocess.run(["dvc", "checkout"], cwd=root).returncode
+        status = subprocess.run(["dvc", "checkout"], cwd=root, check=False).returncode
         if status != 0:
             return status
     graph = workflow_graph(configfiles, root)
@@ -65,7 +65,7 @@ def sync(configfiles: Sequence[str] = (), workdir: str | Path = ".", checkout: b
     command = touch_command(graph.cli_configfiles, targets)
     if dry_run:
         command.insert(1, "--dry-run")
-    return subprocess.run(command, cwd=root).returncode
+    return subprocess.run(command, cwd=root, check=False).returncode
 
 
 def _parser() -> argparse.ArgumentParser:

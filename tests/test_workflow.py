@@ -81,7 +81,12 @@ def test_micro_params_run_end_to_end(tmp_path):
         assert (out / name).is_file(), name
     # The resume state of stage 1 is removed once the final checkpoint exists.
     assert not (out / "work/vae/resume.pt").exists()
-    # The per-group NCE jobs overlap in time with --cores 2 (each logs when it started and ended).
+    # The per-group NCE jobs run side by side with --cores 2: rerun just them (each logs when it started
+    # and ended) and check that two of them overlap in time.
+    rerun = _snakemake(tmp_path, "--cores", "2", "--configfile", "params/test/micro.yaml",
+                       "--forcerun", "train_nce", "--until", "train_nce")
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "rule sample" not in rerun.stdout + rerun.stderr  # --until stops before the downstream jobs
     spans = []
     for log in sorted((out / "logs").glob("train_nce_*.log")):
         stamps = re.findall(r"(?:started|finished) at (\S+)", log.read_text())
