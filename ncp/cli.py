@@ -37,6 +37,8 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ncp", description="NCP-VAE stages (see the README and the Snakefile).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+    commands.add_parser("export-dvc", help="generate dvc.yaml from the Snakemake job graph (see --help)")
+    commands.add_parser("sync", help="after dvc checkout, make Snakemake agree nothing must rerun (see --help)")
 
     p = commands.add_parser("prepare-data", help="load a dataset by name and write its train/test splits")
     _add_params(p)
@@ -96,6 +98,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `ncp` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (["export-dvc"], ["sync"]):  # workflow tools with parsers of their own
+        from ncp import export_dvc, sync
+
+        return (export_dvc.main_export if argv[0] == "export-dvc" else sync.main_sync)(argv[1:])
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
