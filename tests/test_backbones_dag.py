@@ -5,7 +5,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +19,7 @@ from ncp.models.nvae.config import NVAE_DEFAULT_ARGS, NVAEConfig
 from ncp.models.registry import load_vae_checkpoint
 from ncp.priors.gmm import GMMPrior
 
-REPO = Path(__file__).resolve().parents[1]
+from workflow_copy import REPO, copy_workflow, job_counts
 FIXTURES = REPO.parent / "shared" / "fixtures" / "nvae"
 SCHEMA = REPO / "ncp" / "params.schema.yaml"
 
@@ -39,36 +38,17 @@ TINY = {
 }
 
 
-def _copy_workflow(dest: Path) -> None:
-    """A working copy of the workflow; ncp/ is a symlink (the rules list its modules as inputs)."""
-    for name in ("Snakefile", "workflow", "params"):
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, dest / name)
-        else:
-            shutil.copy(source, dest / name)
-    (dest / "ncp").symlink_to(REPO / "ncp")
-
 
 def _snakemake(cwd: Path, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(["snakemake", *args], cwd=cwd, check=False, capture_output=True, text=True, timeout=timeout, env=env)
 
-
-def _job_counts(output: str) -> dict[str, int]:
-    counts = {}
-    for line in output.split("Job stats:")[1].splitlines()[3:]:
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].isdigit():
-            break
-        counts[parts[0]] = int(parts[1])
-    return counts
 
 
 def _run_tiny_dag(workdir: Path, experiment: str, overlay: dict) -> tuple[subprocess.CompletedProcess, Path]:
     """Run the whole DAG with TINY + ``overlay`` in a copy of the workflow, on one core with one thread
     per job (two such runs share the machine's two cores); return the result and the results folder."""
     workdir.mkdir(parents=True, exist_ok=True)
-    _copy_workflow(workdir)
+    copy_workflow(workdir)
     params = deep_merge(deep_merge(TINY, overlay), {"experiment": experiment})
     (workdir / "overlay.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -304,7 +284,7 @@ def test_mnist_nvae_has_ten_groups_of_4x4_latents():
 def dry_runs(tmp_path_factory):
     """Dry-run every listed params file (two at a time: each is mostly interpreter start-up)."""
     workdir = tmp_path_factory.mktemp("dry")
-    _copy_workflow(workdir)
+    copy_workflow(workdir)
     substitute = workdir / "known_dataset.yaml"
     substitute.write_text("data:\n  name: celeba64\n")
 
@@ -323,7 +303,7 @@ def dry_runs(tmp_path_factory):
 def test_paper_params_dry_run_has_one_nce_job_per_group(dry_runs, name):
     result = dry_runs[name]
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    counts = _job_counts(result.stdout)
+    counts = job_counts(result.stdout)
     assert counts["train_nce"] == EXPECTED_GROUPS[name]
     assert counts["train_vae"] == 1 and counts["cache_latents"] == 1 and counts["tables"] == 1
     assert counts["sample"] == 1 + len(_load(name)["sample"]["methods"])

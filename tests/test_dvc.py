@@ -21,7 +21,7 @@ from ncp.config import deep_merge, load_params_files, num_latent_groups, resolve
 from ncp.export_dvc import JobSpec, main_export, render_dvc_yaml, workflow_graph
 from ncp.sync import main_sync, restored_jobs, touch_command
 
-REPO = Path(__file__).resolve().parents[1]
+from workflow_copy import REPO, copy_workflow, job_counts
 needs_tools = pytest.mark.skipif(not (shutil.which("dvc") and shutil.which("git") and shutil.which("snakemake")),
                                  reason="dvc, git and snakemake must be on PATH")
 
@@ -43,18 +43,6 @@ STAGES = {"prepare_data", "train_vae", "fid_features", "cache_latents", "sample_
 AFTER_NCE = {"train_nce_0", "train_nce_1", "sample_sir", "evaluate_nll", "evaluate_fid", "evaluate_mmd", "tables"}
 
 
-def _copy_workflow(dest: Path, link_code: bool) -> None:
-    for name in ("Snakefile", "workflow", "params"):
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, dest / name)
-    if link_code:  # enough to build the DAG
-        (dest / "ncp").symlink_to(REPO / "ncp")
-    else:  # DVC and git need real files
-        shutil.copytree(REPO / "ncp", dest / "ncp", ignore=shutil.ignore_patterns("__pycache__"))
-
 
 def _run(args, cwd: Path, env: dict, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
@@ -71,22 +59,13 @@ def _changed_stages(repo: Path, env: dict) -> set[str]:
     return set(json.loads(_run(["dvc", "status", "--json"], repo, env).stdout or "{}"))
 
 
-def _snakemake_job_counts(output: str) -> dict[str, int]:
-    counts = {}
-    for line in output.split("Job stats:")[1].splitlines()[3:]:
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].isdigit():
-            break
-        counts[parts[0]] = int(parts[1])
-    return counts
-
 
 # ---------------------------------------------------------------------------------------------
 # The committed files
 
 
 def test_committed_dvc_yaml_is_the_generated_one(tmp_path, capsys):
-    _copy_workflow(tmp_path, link_code=True)
+    copy_workflow(tmp_path, link_code=True)
     generated = render_dvc_yaml((), tmp_path)
     assert generated == (REPO / "dvc.yaml").read_text(), "dvc.yaml is stale: run `ncp export-dvc --out dvc.yaml`"
     # `--check` is what CI can run: silent when current, a diff and status 1 when not
@@ -123,7 +102,7 @@ def test_dvc_config_opts_out_of_telemetry():
 
 
 def test_overlay_files_are_listed_per_file_and_repeated_in_commands(tmp_path):
-    _copy_workflow(tmp_path, link_code=True)
+    copy_workflow(tmp_path, link_code=True)
     (tmp_path / "params/test/nano.yaml").write_text(NANO)
     stages = yaml.safe_load(render_dvc_yaml(CONFIGFILES, tmp_path))["stages"]
     assert set(stages) == STAGES
@@ -203,7 +182,7 @@ def test_sir_overlays_match_their_dvc_experiment_command():
 
 
 def test_groups_overlay_gives_one_nce_job_per_group(tmp_path):
-    _copy_workflow(tmp_path, link_code=True)
+    copy_workflow(tmp_path, link_code=True)
     graph = workflow_graph(["params/default.yaml", "params/ablations/groups_15.yaml"], tmp_path)
     assert sum(job.rule == "train_nce" for job in graph.jobs) == 15
     assert all(out.startswith("results/groups_15/") for job in graph.jobs for out in job.outputs)
@@ -217,7 +196,7 @@ def test_groups_overlay_gives_one_nce_job_per_group(tmp_path):
 def test_slurm_profile_passes_a_dry_run(tmp_path):
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
         pytest.skip("snakemake-executor-plugin-slurm is not installed (pip install -e '.[slurm]')")
-    _copy_workflow(tmp_path, link_code=True)
+    copy_workflow(tmp_path, link_code=True)
     result = subprocess.run(["snakemake", "-n", "--profile", "workflow/profiles/slurm"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -229,7 +208,7 @@ def test_slurm_profile_passes_a_dry_run(tmp_path):
 
 
 def test_snakemake_lint_passes(tmp_path):
-    _copy_workflow(tmp_path, link_code=True)
+    copy_workflow(tmp_path, link_code=True)
     result = subprocess.run(["snakemake", "--lint"], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
 
@@ -246,7 +225,7 @@ def dvc_repo(tmp_path_factory):
     env = dict(os.environ, DVC_NO_ANALYTICS="1", DVC_SITE_CACHE_DIR=str(root / "dvc-site"),
                GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.org",
                GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.org")
-    _copy_workflow(repo, link_code=False)
+    copy_workflow(repo, link_code=False)
     (repo / "params/test/nano.yaml").write_text(NANO)
     (repo / ".gitignore").write_text("__pycache__/\n.snakemake/\n/results/*/\n")
     for command in (["git", "init", "-q"], ["git", "config", "user.name", "test"],
@@ -288,7 +267,7 @@ def test_nce_param_change_reruns_nce_sampling_evaluation_and_tables_only(dvc_rep
     assert _changed_stages(repo, env) == {"train_nce_0", "train_nce_1"}  # the stages that read `nce`
     # Snakemake runs the DAG (as on a cluster), then DVC records the results
     result = _run(["snakemake", "--cores", "2", "--configfile", *CONFIGFILES], repo, env)
-    counts = _snakemake_job_counts(result.stdout + result.stderr)
+    counts = job_counts(result.stdout + result.stderr)
     assert counts == {"train_nce": 2, "sample": 1, "evaluate_nll": 1, "evaluate_fid": 1, "evaluate_mmd": 1,
                       "tables": 1, "default": 1, "total": 8}
     assert _changed_stages(repo, env) == AFTER_NCE

@@ -12,7 +12,6 @@ import torch
 from sklearn.mixture import GaussianMixture
 from torch.distributions import MixtureSameFamily, MultivariateNormal
 
-from ncp.models.base import sample_from_prior
 from ncp.models.conv_vae import ConvVAE, ConvVAEConfig
 from ncp.models.mlp_vae import MLPVAE, MLPVAEConfig, negative_elbo
 from ncp.models.single_group import StandardNormalPrior

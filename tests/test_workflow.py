@@ -3,7 +3,6 @@
 import json
 import math
 import re
-import shutil
 import subprocess
 from datetime import datetime
 from pathlib import Path
@@ -11,46 +10,27 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from workflow_copy import copy_workflow, job_counts
 
-
-def _copy_workflow(dest: Path) -> None:
-    for name in ("Snakefile", "workflow", "params"):
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, dest / name)
-        else:
-            shutil.copy(source, dest / name)
-    # The rules list the ncp/ modules they run as inputs; a symlink keeps them in the working copy.
-    (dest / "ncp").symlink_to(REPO / "ncp")
 
 
 def _snakemake(cwd: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run(["snakemake", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
-def _job_counts(output: str) -> dict[str, int]:
-    counts = {}
-    for line in output.split("Job stats:")[1].splitlines()[3:]:
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].isdigit():
-            break
-        counts[parts[0]] = int(parts[1])
-    return counts
-
 
 def test_dry_run_has_one_nce_job_per_latent_group(tmp_path):
-    _copy_workflow(tmp_path)
+    copy_workflow(tmp_path)
     result = _snakemake(tmp_path, "-n", "--cores", "2")
     assert result.returncode == 0, result.stderr
-    counts = _job_counts(result.stdout)
+    counts = job_counts(result.stdout)
     assert counts["train_nce"] == 4  # params/default.yaml: 2 scales x 2 groups
     assert counts["sample"] == 2  # base prior and SIR
     assert counts["train_vae"] == 1 and counts["tables"] == 1
 
 
 def test_bad_params_stop_the_workflow_before_any_job(tmp_path):
-    _copy_workflow(tmp_path)
+    copy_workflow(tmp_path)
     (tmp_path / "bad.yaml").write_text("nce:\n  epochs: 0\n")
     result = _snakemake(tmp_path, "-n", "--cores", "1", "--configfile", "bad.yaml")
     assert result.returncode != 0
@@ -59,7 +39,7 @@ def test_bad_params_stop_the_workflow_before_any_job(tmp_path):
 
 @pytest.mark.slow
 def test_micro_params_run_end_to_end(tmp_path):
-    _copy_workflow(tmp_path)
+    copy_workflow(tmp_path)
     result = _snakemake(tmp_path, "--cores", "2", "--configfile", "params/test/micro.yaml")
     logs = "\n".join(p.read_text() for p in (tmp_path / "results/micro/logs").glob("*.log")) if (tmp_path / "results/micro/logs").exists() else ""
     assert result.returncode == 0, result.stderr[-3000:] + logs[-3000:]
