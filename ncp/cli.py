@@ -65,14 +65,14 @@ def _parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("sample", help="stage 3: images from the base prior or the NCP prior")
     _add_params(p)
-    p.add_argument("--method", choices=["base", "sir", "ld"], required=True)
+    p.add_argument("--method", required=True, help="base, sir, ld, or a Table 8 setting: sir_m<M>, ld_t<T>")
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--classifiers", type=Path, nargs="*", default=[])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--grid", type=Path, required=True)
 
     p = commands.add_parser("evaluate", help="stage 4: FID features, FID/KID, MMD, NLL")
-    p.add_argument("metric", choices=["features", "fid", "mmd", "nll"])
+    p.add_argument("metric", choices=["features", "fid", "mmd", "nll", "neighbours"])
     _add_params(p)
     p.add_argument("--checkpoint", type=Path)
     p.add_argument("--train-data", type=Path)
@@ -90,6 +90,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tables-dir", type=Path, required=True)
     p.add_argument("--figures-dir", type=Path, required=True)
 
+    p = commands.add_parser("paper-table", help="stage 5: one of the paper's tables, ours beside the paper's")
+    _add_params(p)
+    p.add_argument("table", help="table1 ... table9")
+    p.add_argument("--runs", type=Path, nargs="+", required=True,
+                   help="metrics folders of the runs that supply rows: this run's first, then its sub-experiments'")
+    p.add_argument("--variants", nargs="*", default=[], help="Table 8: the sampling settings swept (e.g. sir_m500)")
+    p.add_argument("--out", type=Path, required=True, help="the .md file; the .tex is written beside it")
+
     p = commands.add_parser("import-nvae", help="convert an official NVAE checkpoint to this project's format")
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -106,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"ncp {args.command}: error: {error}", file=sys.stderr)
         return 2
 
@@ -149,6 +157,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from ncp import tables
 
         tables.run(cfg, args.metrics_dir, args.summary_out, args.tables_dir, args.figures_dir)
+    elif command == "paper-table":
+        from ncp import paper_tables
+
+        paper_tables.run(args.table, cfg, args.runs, args.variants, args.out.with_suffix(""))
     return 0
 
 

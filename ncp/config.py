@@ -27,6 +27,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "train-nce": ("seed", "device", "nce"),
     "sample": ("seed", "device", "vae", "sample"),
     "evaluate": ("seed", "device", "data", "vae", "sample", "evaluate"),
+    "evaluate-features": ("seed", "device", "data", "evaluate"),  # no vae/sample: features outlive them
     "tables": ("experiment", "paper", "sample", "evaluate"),
 }
 
@@ -137,6 +138,7 @@ class VAETrainConfig:
     weight_decay_norm: float
     grad_clip: Optional[float]
     checkpoint_every: int
+    num_processes: int
 
 
 @dataclass(frozen=True)
@@ -224,6 +226,7 @@ class EvaluateConfig:
     nll_num_images: Optional[int]
     nll_batch_size: int
     log_z_samples: int
+    neighbours: dict  # Fig. 4: num_queries, num_neighbours, resize, crop
 
     @classmethod
     def from_section(cls, section: dict) -> "EvaluateConfig":
@@ -238,6 +241,7 @@ class EvaluateConfig:
             nll_num_images=nll["num_images"],
             nll_batch_size=nll["batch_size"],
             log_z_samples=nll["log_z_samples"],
+            neighbours=dict(section["neighbours"]),
         )
 
 
@@ -250,6 +254,7 @@ class ExperimentConfig:
     device: str
     paper_tables: tuple[str, ...]
     paper_row: Optional[str]
+    paper: dict  # the whole `paper` section: tables, row, sub-experiments, Table 8's sweep
     data: DataConfig
     vae: VAEConfig
     cache: CacheConfig
@@ -267,6 +272,7 @@ class ExperimentConfig:
             device=params["device"],
             paper_tables=tuple(params["paper"]["tables"]),
             paper_row=params["paper"]["row"],
+            paper=params["paper"],
             data=_build(DataConfig, params["data"]),
             vae=VAEConfig.from_section(params["vae"]),
             cache=_build(CacheConfig, params["cache"]),

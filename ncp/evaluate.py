@@ -6,6 +6,7 @@
   the paper's "Recon" rows), against the reference, with a bootstrap spread.
 - mmd: per group, MMD^2 between q(z_k) and p(z_k), and between q(z_k) and p_NCP(z_k) (paper Table 9).
 - nll: importance-weighted test NLL of the base VAE and of NCP-VAE (prior p r / Z, log Z estimated).
+- neighbours: Fig. 4, NCP samples beside their nearest training images.
 """
 
 from __future__ import annotations
@@ -94,9 +95,9 @@ def reconstructions(model, images: torch.Tensor, binary: bool, batch_size: int, 
     return torch.cat(out)
 
 
-def evaluate_fid(cfg: ExperimentConfig, reference_path: Path, samples: Sequence[Path], checkpoint: Path,
-                 train_data: Path, out: Path) -> None:
-    """FID/KID (with bootstrap spread) of every sample file and of reconstructions."""
+def evaluate_fid(cfg: ExperimentConfig, reference_path: Path, samples: Sequence[Path], checkpoint: Optional[Path],
+                 train_data: Optional[Path], out: Path) -> None:
+    """FID/KID (with bootstrap spread) of every sample file and, given the checkpoint, of reconstructions."""
     device = pick_device(cfg.device)
     seed_everything(cfg.seed + 13)
     kind = cfg.evaluate.fid_features
@@ -109,16 +110,17 @@ def evaluate_fid(cfg: ExperimentConfig, reference_path: Path, samples: Sequence[
         result = fid_against_reference(feats, reference, feature_net.name, num_bootstrap=FID_BOOTSTRAP, seed=cfg.seed)
         methods[drawn["method"]] = result.to_dict()
         sampling[drawn["method"]] = {
-            "seconds_per_image": drawn["seconds_per_image"], "num_samples": len(drawn["images"]),
-            "peak_memory_bytes": drawn["peak_memory_bytes"], "diagnostics": drawn["diagnostics"],
-            "setting": drawn.get("setting"),
-        }
-    model = load_vae_checkpoint(checkpoint, device)
-    train = load_image_set(train_data)
+            key: drawn.get(key) for key in ("sampler", "setting", "seconds_per_image", "peak_memory_bytes",
+                                            "memory_kind", "time_1_s", "time_10_s", "peak_memory_10_bytes",
+                                            "diagnostics")
+        } | {"num_samples": len(drawn["images"])}
     num_samples = cfg.sample.num_samples
-    recon = reconstructions(model, train.images[:num_samples], train.binary, cfg.sample.batch_size, cfg.seed)
-    methods["recon"] = fid_against_reference(compute_features(recon, feature_net), reference, feature_net.name,
-                                             num_bootstrap=FID_BOOTSTRAP, seed=cfg.seed).to_dict()
+    if checkpoint is not None:  # the Table 8 sweep scores samples only
+        model = load_vae_checkpoint(checkpoint, device)
+        train = load_image_set(train_data)
+        recon = reconstructions(model, train.images[:num_samples], train.binary, cfg.sample.batch_size, cfg.seed)
+        methods["recon"] = fid_against_reference(compute_features(recon, feature_net), reference, feature_net.name,
+                                                 num_bootstrap=FID_BOOTSTRAP, seed=cfg.seed).to_dict()
     write_json({"features": _feature_label(kind, reference_path), "feature_net": feature_net.name,
                 "num_samples": num_samples, "num_reference": reference.num_images, "bootstrap": FID_BOOTSTRAP,
                 "methods": methods, "sampling": sampling}, out)
@@ -175,6 +177,17 @@ def evaluate_nll(cfg: ExperimentConfig, checkpoint: Path, classifier_files: Sequ
           f"log Z = {log_z.log_z:.4f} +- {log_z.std_error:.4f}")
 
 
+def write_neighbours(cfg: ExperimentConfig, samples: Sequence[Path], train_data: Path, out: Path) -> None:
+    """Fig. 4: the first samples of ``samples[0]`` beside their nearest training images."""
+    from ncp.metrics.neighbours import write_neighbour_figure
+
+    settings = cfg.evaluate.neighbours
+    record = write_neighbour_figure(samples[0], train_data, out, num_queries=settings["num_queries"],
+                                    num_neighbours=settings["num_neighbours"], resize=settings["resize"],
+                                    crop=settings["crop"], seed=cfg.seed)
+    print(f"nearest neighbours: {record}")
+
+
 def run(metric: str, cfg: ExperimentConfig, *, out: Path, checkpoint: Optional[Path] = None,
         train_data: Optional[Path] = None, test_data: Optional[Path] = None, features: Optional[Path] = None,
         samples: Sequence[Path] = (), latents: Sequence[Path] = (), classifiers: Sequence[Path] = ()) -> None:
@@ -188,8 +201,13 @@ def run(metric: str, cfg: ExperimentConfig, *, out: Path, checkpoint: Optional[P
         need(train_data=train_data, test_data=test_data)
         compute_reference(cfg, train_data, test_data, out)
     elif metric == "fid":
-        need(features=features, samples=samples, checkpoint=checkpoint, train_data=train_data)
+        need(features=features, samples=samples)
+        if checkpoint is not None:
+            need(train_data=train_data)
         evaluate_fid(cfg, features, samples, checkpoint, train_data, out)
+    elif metric == "neighbours":
+        need(samples=samples, train_data=train_data)
+        write_neighbours(cfg, samples, train_data, out)
     elif metric == "mmd":
         need(latents=latents, samples=samples)
         evaluate_mmd(cfg, latents, samples, out)

@@ -3,14 +3,14 @@
 Sampling is ancestral over groups: for group k the backbone builds p(z_k | z_<k) and a per-group rule
 picks z_k — a plain draw for the base prior, SIR (M proposals reweighted by r_k) or Langevin dynamics on
 E_k = -log r_k - log p(z_k | z_<k) for NCP. Each method's images (decoder means, uint8), latents, time
-and peak memory go to one file, and a PNG grid beside it.
+and peak memory (also for drawing 1 and 10 images: Table 8) go to one file, and a PNG grid beside it.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -24,6 +24,7 @@ from ncp.priors.checkpoints import load_ncp_prior
 from ncp.runtime import atomic_save, pick_device, seed_everything
 from ncp.samplers.langevin import LangevinSampler
 from ncp.samplers.sir import SIRSampler
+from ncp.study import parse_variant
 
 METHODS = ("base", "sir", "ld")
 
@@ -64,24 +65,60 @@ def qualitative_grid(model, choose, sample: SampleConfig) -> torch.Tensor:
     return draw_samples(model, choose, sample.grid_size, sample.batch_size, sample.temperature)["images"]
 
 
+def _peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory so far: CUDA's allocator peak on a GPU, else the process's peak resident set size."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource  # Unix; ru_maxrss is KiB on Linux and cannot be reset, so CPU figures are "so far"
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def time_small_batches(model, choose, device: torch.device, sizes=(1, 10)) -> dict:
+    """Wall time to draw 1 and 10 images (Table 8), after one warm-up draw, and peak memory after them."""
+    draw_samples(model, choose, 1, 1)  # warm-up: lazy init and allocator caches
+    timings = {}
+    for n in sizes:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        started = time.perf_counter()
+        draw_samples(model, choose, n, n)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        timings[f"time_{n}_s"] = time.perf_counter() - started
+    timings[f"peak_memory_{sizes[-1]}_bytes"] = _peak_memory_bytes(device)
+    return timings
+
+
 def run(sample: SampleConfig, method: str, seed: int, device: str, checkpoint: Path,
         classifier_files: Sequence[Path], out: Path, grid_out: Path) -> None:
-    """Draw ``sample.num_samples`` images with ``method`` and write them and a grid."""
+    """Draw ``sample.num_samples`` images with ``method`` (base, sir, ld, or a Table 8 setting such as
+    sir_m500) and write them, their timings and a grid."""
+    sampler, overrides = parse_variant(method)
+    sample = replace(sample, **overrides)
     torch_device = pick_device(device)
     seed_everything(seed + 7)
     model = load_vae_checkpoint(checkpoint, torch_device)
-    ncp_prior = load_ncp_prior(classifier_files, torch_device) if method != "base" else None
-    choose = make_group_sampler(method, ncp_prior, sample)
+    ncp_prior = load_ncp_prior(classifier_files, torch_device) if sampler != "base" else None
+    choose = make_group_sampler(sampler, ncp_prior, sample)
+    small_batches = time_small_batches(model, choose, torch_device)
+    seed_everything(seed + 7)  # the timing draws must not change the samples
+    choose = make_group_sampler(sampler, ncp_prior, sample)  # fresh diagnostics
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
     started = time.perf_counter()
     drawn = draw_samples(model, choose, sample.num_samples, sample.batch_size)
     seconds = time.perf_counter() - started
-    peak = torch.cuda.max_memory_allocated(torch_device) if torch_device.type == "cuda" else None
-    diagnostics = {str(k): asdict(stats) for k, stats in choose.diagnostics().items()} if method == "sir" else {}
+    diagnostics = {str(k): asdict(stats) for k, stats in choose.diagnostics().items()} if sampler == "sir" else {}
+    setting = {"sir": {"num_proposals": sample.sir_num_proposals},
+               "ld": {"num_steps": sample.ld_num_steps, "step_size": sample.ld_step_size}}.get(sampler, {})
     atomic_save(
-        {"method": method, **drawn, "seconds": seconds, "seconds_per_image": seconds / sample.num_samples,
-         "peak_memory_bytes": peak, "diagnostics": diagnostics},
+        {"method": method, "sampler": sampler, "setting": setting, **drawn, "seconds": seconds,
+         "seconds_per_image": seconds / sample.num_samples, "batch_size": sample.batch_size,
+         "peak_memory_bytes": _peak_memory_bytes(torch_device), "memory_kind":
+         "CUDA allocator peak" if torch_device.type == "cuda" else "process peak RSS",
+         **small_batches, "diagnostics": diagnostics},
         out,
     )
     if sample.temperature == 1.0:

@@ -1,9 +1,8 @@
-"""Stage 5 (`ncp tables`): `metrics/summary.json`, the result tables and the Fig. 5 plots.
+"""Stage 5 (`ncp tables`): `metrics/summary.json`, the results table and the Fig. 5 plots.
 
 Every table is built as a pandas frame and written as Markdown (tabulate) and LaTeX, with the protocol
-underneath (sample counts, feature network, temperature, seed). Where a table has a counterpart in the
-paper, the paper's value (from `paper_results.yaml`, the one place those numbers live) stands beside
-ours with the difference; rows the paper has and this run does not are listed as missing.
+underneath (sample counts, feature network, temperature, seed). The paper's own tables, with its values
+(from `paper_results.yaml`, the one place those numbers live) beside ours, come from ncp/paper_tables.py.
 """
 
 from __future__ import annotations
@@ -24,13 +23,47 @@ def paper_results() -> dict:
     return yaml.safe_load(resources.files("ncp").joinpath("paper_results.yaml").read_text())
 
 
-def _lookup(summary: dict, dotted: Optional[str]) -> Optional[float]:
+def lookup(summary: dict, dotted: Optional[str]) -> Optional[float]:
+    """The number at a dotted key of a summary (e.g. `fid.ncp_sir`), or None where there is none."""
     value: Any = summary
     for part in (dotted or "").split("."):
         if not part or not isinstance(value, dict) or value.get(part) is None:
             return None
         value = value[part]
     return float(value) if isinstance(value, (int, float)) else None
+
+
+def fid_summary(fid: dict) -> dict:
+    """The FID part of the summary, from `metrics/fid.json`."""
+    methods = fid["methods"]
+    return {
+        "base": methods.get("base", {}).get("fid"),
+        "ncp_sir": methods.get("sir", {}).get("fid"),
+        "ncp_ld": methods.get("ld", {}).get("fid"),
+        "recon": methods.get("recon", {}).get("fid"),
+        "kid": {name: m.get("kid") for name, m in methods.items()},
+        "kid_std": {name: m.get("kid_std") for name, m in methods.items()},
+        "features": fid["features"],
+        "num_samples": fid["num_samples"],
+        "num_reference": fid["num_reference"],
+    }
+
+
+def nll_summary(nll: dict) -> dict:
+    """The NLL part of the summary, from `metrics/nll.json`."""
+    return {
+        "base": nll["base"]["nats"],
+        "base_se": nll["base"]["std_error"],
+        "ncp": nll["ncp"]["nats"],
+        "ncp_se": nll["ncp"]["std_error"],
+        "log_z": nll["log_z"],
+        "log_z_se": nll["log_z_se"],
+        "log_z_ess": nll["log_z_ess"],
+        "log_z_samples": nll["log_z_samples"],
+        "iw_samples": nll["iw_samples"],
+        "num_images": nll["num_images"],
+        "units": "nats per image",
+    }
 
 
 def build_summary(cfg: ExperimentConfig, metrics_dir: Path) -> dict:
@@ -41,34 +74,11 @@ def build_summary(cfg: ExperimentConfig, metrics_dir: Path) -> dict:
     nce_groups = [read_json(path) for path in nce_files]
     sampling = fid.get("sampling", {})
     sir_stats = sampling.get("sir", {}).get("diagnostics", {})
-    methods = fid["methods"]
     return {
         "experiment": cfg.experiment,
         "seed": cfg.seed,
-        "fid": {
-            "base": methods.get("base", {}).get("fid"),
-            "ncp_sir": methods.get("sir", {}).get("fid"),
-            "ncp_ld": methods.get("ld", {}).get("fid"),
-            "recon": methods.get("recon", {}).get("fid"),
-            "kid": {name: m.get("kid") for name, m in methods.items()},
-            "kid_std": {name: m.get("kid_std") for name, m in methods.items()},
-            "features": fid["features"],
-            "num_samples": fid["num_samples"],
-            "num_reference": fid["num_reference"],
-        },
-        "nll": {
-            "base": nll["base"]["nats"],
-            "base_se": nll["base"]["std_error"],
-            "ncp": nll["ncp"]["nats"],
-            "ncp_se": nll["ncp"]["std_error"],
-            "log_z": nll["log_z"],
-            "log_z_se": nll["log_z_se"],
-            "log_z_ess": nll["log_z_ess"],
-            "log_z_samples": nll["log_z_samples"],
-            "iw_samples": nll["iw_samples"],
-            "num_images": nll["num_images"],
-            "units": "nats per image",
-        },
+        "fid": fid_summary(fid),
+        "nll": nll_summary(nll),
         "mmd": {
             "per_group": [
                 {k: g[k] for k in ("group", "q_p", "q_pncp", "bandwidth", "dim")} for g in mmd["per_group"]
@@ -91,16 +101,18 @@ def build_summary(cfg: ExperimentConfig, metrics_dir: Path) -> dict:
             ],
         },
         "sampling": {
-            name: {key: s.get(key) for key in ("seconds_per_image", "num_samples", "peak_memory_bytes", "setting")}
+            name: {key: s.get(key) for key in ("seconds_per_image", "num_samples", "peak_memory_bytes", "memory_kind",
+                                                  "time_1_s", "time_10_s", "setting")}
             for name, s in sampling.items()
         },
     }
 
 
-def _write_table(frame: pd.DataFrame, title: str, protocol: list[str], stem: Path) -> None:
-    """Write ``frame`` as <stem>.md (title, table, protocol) and <stem>.tex."""
+def write_table(frame: pd.DataFrame, title: str, protocol: list[str], stem: Path) -> None:
+    """Write ``frame`` as <stem>.md (title, table, protocol) and <stem>.tex; missing cells stay blank."""
     notes = "\n".join(f"- {line}" for line in protocol)
-    markdown = f"### {title}\n\n{frame.to_markdown(index=False, floatfmt='.4g')}\n\n{notes}\n"
+    cells = frame.astype(object).where(frame.notna(), None)  # tabulate leaves None blank, prints NaN as "nan"
+    markdown = f"### {title}\n\n{cells.to_markdown(index=False, floatfmt='.4g', missingval='')}\n\n{notes}\n"
     atomic_write_text(markdown, stem.with_suffix(".md"))
     latex = frame.to_latex(index=False, float_format=lambda v: f"{v:.4g}", na_rep="--", caption=title)
     atomic_write_text(latex, stem.with_suffix(".tex"))
@@ -118,21 +130,6 @@ def results_frame(summary: dict) -> pd.DataFrame:
         rows.append(("NCP-VAE, LD", fid["ncp_ld"], fid["kid"].get("ld"), nll["ncp"], sampling.get("ld", {}).get("seconds_per_image")))
     rows.append(("Base VAE-Recon (q)", fid["recon"], fid["kid"].get("recon"), None, None))
     return pd.DataFrame(rows, columns=["model", "FID", "KID", "NLL (nats)", "s / image"])
-
-
-def paper_comparison_frame(table: dict, summary: dict) -> pd.DataFrame:
-    """A paper table's rows with our matching figure and the difference (ours - paper)."""
-    rows = []
-    for row in table["rows"]:
-        ours = _lookup(summary, row.get("ours"))
-        rows.append({"model": row["model"], "paper": row["value"], "ours": ours,
-                     "ours - paper": None if ours is None else ours - row["value"]})
-    return pd.DataFrame(rows)
-
-
-def mmd_frame(summary: dict) -> pd.DataFrame:
-    """Table 9 for this run: MMD^2 of q against p and against p_NCP, per group."""
-    return pd.DataFrame(summary["mmd"]["per_group"])[["group", "dim", "bandwidth", "q_p", "q_pncp"]]
 
 
 def plot_figure5(summary: dict, figures_dir: Path) -> None:
@@ -166,7 +163,7 @@ def plot_figure5(summary: dict, figures_dir: Path) -> None:
 
 
 def run(cfg: ExperimentConfig, metrics_dir: Path, summary_out: Path, tables_dir: Path, figures_dir: Path) -> None:
-    """Write the summary, the results table, this run's versions of its paper tables, and Fig. 5."""
+    """Write the summary, the results table and Fig. 5 (the paper's tables: ncp/paper_tables.py)."""
     summary = build_summary(cfg, metrics_dir)
     write_json(summary, summary_out)
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
@@ -178,19 +175,5 @@ def run(cfg: ExperimentConfig, metrics_dir: Path, summary_out: Path, tables_dir:
         f"log Z = {nll['log_z']:.3f} +- {nll['log_z_se']:.3f} from {nll['log_z_samples']} prior samples (ESS {nll['log_z_ess']:.0f})",
         f"SIR with {cfg.sample.sir_num_proposals} proposals per group; LD {cfg.sample.ld_num_steps} steps of size {cfg.sample.ld_step_size}",
     ]
-    _write_table(results_frame(summary), f"Base VAE vs NCP-VAE ({cfg.experiment})", protocol, tables_dir / "results")
-    paper = paper_results()["tables"]
-    for name in cfg.paper_tables:
-        if name == "table9":
-            _write_table(mmd_frame(summary), f"Table 9 for this run: unbiased MMD^2 of q(z_k) against p(z_k) and p_NCP(z_k), "
-                         f"{summary['mmd']['num_samples']} samples per population", protocol
-                         + ["paper (CelebA-64, 5k samples): " + ", ".join(f"group {r['group']}: {r['q_p']} / {r['q_pncp']}" for r in paper[name]["rows"])],
-                         tables_dir / name)
-        elif "rows" in paper.get(name, {}) and "value" in paper[name]["rows"][0]:
-            frame = paper_comparison_frame(paper[name], summary)
-            missing = frame[frame["ours"].isna()]["model"].tolist()
-            notes = protocol + [f"this run: {cfg.paper_row or cfg.experiment}; the paper's setting differs unless the params are the paper's"]
-            if missing:
-                notes.append("rows without a figure of ours (other models or not run here): " + ", ".join(missing))
-            _write_table(frame, paper[name]["title"], notes, tables_dir / name)
+    write_table(results_frame(summary), f"Base VAE vs NCP-VAE ({cfg.experiment})", protocol, tables_dir / "results")
     plot_figure5(summary, figures_dir)

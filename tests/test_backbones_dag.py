@@ -19,13 +19,15 @@ from ncp.models.nvae.config import NVAE_DEFAULT_ARGS, NVAEConfig
 from ncp.models.registry import load_vae_checkpoint
 from ncp.priors.gmm import GMMPrior
 
-from workflow_copy import REPO, copy_workflow, job_counts
+from workflow_copy import REPO, copy_workflow, jobs_by_experiment
 FIXTURES = REPO.parent / "shared" / "fixtures" / "nvae"
 SCHEMA = REPO / "ncp" / "params.schema.yaml"
 
 # Everything after stage 1 at toy size: the DAG runs in well under a minute on 2 CPU cores.
 TINY = {
     "device": "cpu",
+    "paper": {"tables": ["table6", "table9"], "experiments": {"table2": [], "table7": []},
+              "table8": {"sir_num_proposals": [], "ld_num_steps": []}},  # none of the default's sub-experiments
     "data": {"name": "mnist5k", "train_limit": 256, "test_limit": 64},
     "vae": {"train": {"epochs": 1, "batch_size": 32, "checkpoint_every": 4}},
     "cache": {"passes": 1, "batch_size": 128},
@@ -303,7 +305,31 @@ def dry_runs(tmp_path_factory):
 def test_paper_params_dry_run_has_one_nce_job_per_group(dry_runs, name):
     result = dry_runs[name]
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    counts = job_counts(result.stdout)
-    assert counts["train_nce"] == EXPECTED_GROUPS[name]
-    assert counts["train_vae"] == 1 and counts["cache_latents"] == 1 and counts["tables"] == 1
-    assert counts["sample"] == 1 + len(_load(name)["sample"]["methods"])
+    params = _load(name)
+    main = params["experiment"]
+    jobs = jobs_by_experiment(result.stdout)
+    assert jobs[("train_nce", main)] == EXPECTED_GROUPS[name]
+    assert jobs[("train_vae", main)] == 1 and jobs[("cache_latents", main)] == 1 and jobs[("tables", "")] == 1
+    sweep = params["paper"]["table8"]
+    # base + each sampler, + each Table 8 setting that is not the run's own (e.g. SIR M=50 is sampled once)
+    own = {("sir", params["sample"]["sir"]["num_proposals"]), ("ld", params["sample"]["ld"]["num_steps"])}
+    extra = {("sir", m) for m in sweep["sir_num_proposals"]} | {("ld", t) for t in sweep["ld_num_steps"]}
+    assert jobs[("sample", main)] == 1 + len(params["sample"]["methods"]) + len(extra - own)
+    for table in params["paper"]["tables"] + [t for t, files in params["paper"]["experiments"].items() if files]:
+        assert jobs[(table, "")] == 1, table
+
+
+# Sub-experiments the paper params run for their tables' other rows, and their latent groups.
+EXPECTED_SUB_EXPERIMENTS = {
+    "paper/celeba64_nvae_30groups.yaml": {"table7/celeba64_groups_6": 6, "table7/celeba64_groups_15": 15},
+    "paper/celeba64_conv_table1_gaussian.yaml": {"table1/celeba64_conv_table1_gmm": 1},
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_SUB_EXPERIMENTS))
+def test_paper_params_dry_run_includes_the_sub_experiments(dry_runs, name):
+    main = _load(name)["experiment"]
+    jobs = jobs_by_experiment(dry_runs[name].stdout)
+    subs = {exp.removeprefix(main + "/"): n for (rule, exp), n in jobs.items() if rule == "train_nce" and exp != main}
+    assert subs == EXPECTED_SUB_EXPERIMENTS[name]
+    assert jobs[("prepare_data", main)] == 1 and ("prepare_data", f"{main}/{next(iter(subs))}") not in jobs  # shared

@@ -26,10 +26,12 @@ needs_tools = pytest.mark.skipif(not (shutil.which("dvc") and shutil.which("git"
                                  reason="dvc, git and snakemake must be on PATH")
 
 # The micro params cut further: one latent scale with two groups, SIR only, CPU (Snakemake then never
-# imports torch to look for a GPU). The DAG has 12 jobs: 2 NCE classifiers and 2 samplers.
+# imports torch to look for a GPU), no sub-experiments or Table 8 sweep. The DAG has 15 jobs: 2 NCE
+# classifiers, 2 samplers, Fig. 4 and Tables 6 and 9.
 NANO = """\
 experiment: nano
 device: cpu
+paper: {tables: [table6, table9], experiments: {table2: [], table7: []}, table8: {sir_num_proposals: [], ld_num_steps: []}}
 vae:
   nvae:
     num_latent_scales: 1
@@ -38,9 +40,11 @@ sample:
   methods: [sir]
 """
 CONFIGFILES = ["params/test/micro.yaml", "params/test/nano.yaml"]
-STAGES = {"prepare_data", "train_vae", "fid_features", "cache_latents", "sample_base", "train_nce_0", "train_nce_1",
-          "sample_sir", "evaluate_nll", "evaluate_fid", "evaluate_mmd", "tables"}
-AFTER_NCE = {"train_nce_0", "train_nce_1", "sample_sir", "evaluate_nll", "evaluate_fid", "evaluate_mmd", "tables"}
+STAGES = {"prepare_data_nano", "train_vae_nano", "fid_features_nano", "cache_latents_nano", "sample_nano_base",
+          "train_nce_nano_0", "train_nce_nano_1", "sample_nano_sir", "evaluate_nll_nano", "evaluate_fid_nano",
+          "evaluate_mmd_nano", "nearest_neighbours_nano", "tables", "table6", "table9"}
+AFTER_NCE = {"train_nce_nano_0", "train_nce_nano_1", "sample_nano_sir", "evaluate_nll_nano", "evaluate_fid_nano",
+             "evaluate_mmd_nano", "nearest_neighbours_nano", "tables", "table6", "table9"}
 
 
 
@@ -81,17 +85,30 @@ def test_dvc_yaml_has_one_stage_per_snakemake_job():
     assert text.startswith("# Generated from the Snakemake job graph") and "ncp export-dvc --out dvc.yaml" in text
     assert not re.search(r"[&*]id\d", text), "YAML anchors or aliases"
     stages = yaml.safe_load(text)["stages"]
-    # params/default.yaml: 2 scales x 2 groups, samplers base and SIR
-    assert set(stages) == STAGES | {"cache_latents", "train_nce_2", "train_nce_3"}
-    nce = stages["train_nce_2"]
+    # params/default.yaml: 2 scales x 2 groups; Table 2's MLP VAE (1 group) and Table 7's 2-group NVAE
+    assert sorted(name for name in stages if name.startswith("train_nce_")) == [
+        "train_nce_default-table2-table2_cpu_0", "train_nce_default-table7-groups_2_0",
+        "train_nce_default-table7-groups_2_1", "train_nce_default_0", "train_nce_default_1", "train_nce_default_2",
+        "train_nce_default_3"]
+    # samplers base and SIR, and Table 8's other settings
+    assert {name for name in stages if name.startswith("sample_default_")} == {
+        "sample_default_base", "sample_default_sir", "sample_default_sir_m5", "sample_default_sir_m500",
+        "sample_default_ld_t5", "sample_default_ld_t50"}
+    nce = stages["train_nce_default_2"]
     assert shlex.split(nce["cmd"]) == ["snakemake", "--cores", "all", "--rerun-incomplete", "--allowed-rules", "train_nce",
                                        "--force", "results/default/nce/group_2.pt", "results/default/metrics/nce/group_2.json"]
-    assert nce["deps"][0] == "results/default/latents/group_2.pt" and "ncp/train_nce.py" in nce["deps"]
+    assert nce["deps"][0] == "results/default/latents" and "ncp/train_nce.py" in nce["deps"]
     assert nce["params"] == [{"params/default.yaml": ["device", "nce", "seed"]}]  # STAGE_SECTIONS["train-nce"]
     assert nce["outs"] == ["results/default/nce/group_2.pt"]
     assert nce["metrics"] == ["results/default/metrics/nce/group_2.json"]
+    # a sub-experiment's stages depend on its overlay file; its data split is the default's
+    sub_vae = stages["train_vae_default-table7-groups_2"]
+    assert sub_vae["deps"][:2] == ["results/default/data/train.pt", "params/ablations/groups_2.yaml"]
     assert stages["tables"]["params"] == [{"params/default.yaml": ["evaluate", "experiment", "paper", "sample"]}]
     assert "results/default/figures/fig5_loss.png" in stages["tables"]["outs"]
+    assert set(stages["table8"]["deps"]) >= {f"results/default/metrics/fid/{v}.json"
+                                              for v in ("sir", "sir_m5", "sir_m500", "ld_t5", "ld_t50")}
+    assert stages["table2"]["deps"][0] == "results/default/table2/table2_cpu/metrics/nll.json"
 
 
 def test_dvc_config_opts_out_of_telemetry():
@@ -106,7 +123,7 @@ def test_overlay_files_are_listed_per_file_and_repeated_in_commands(tmp_path):
     (tmp_path / "params/test/nano.yaml").write_text(NANO)
     stages = yaml.safe_load(render_dvc_yaml(CONFIGFILES, tmp_path))["stages"]
     assert set(stages) == STAGES
-    nce = stages["train_nce_1"]
+    nce = stages["train_nce_nano_1"]
     assert nce["params"] == [{"params/default.yaml": ["device", "nce", "seed"]},
                              {"params/test/micro.yaml": ["nce"]},
                              {"params/test/nano.yaml": ["device"]}]
@@ -158,7 +175,7 @@ def test_ablation_overlays_name_their_experiments_and_set_the_swept_value():
             assert params["sample"]["ld"]["num_steps"] == int(value) and params["sample"]["methods"] == ["ld"]
         else:
             assert kind == "groups" and num_latent_groups(params["vae"]) == int(value), path
-    assert len(names) == len(set(names)) and len(names) == 21
+    assert len(names) == len(set(names)) and len(names) == 22
     assert {p.stem for p in _ablation_files()} >= {f"sir_proposals_{n}" for n in (5, 50, 500, 5000)} | {
         f"ld_steps_{n}" for n in (5, 50, 500, 1000)} | {"groups_6", "groups_15", "groups_30"}
 
@@ -205,6 +222,18 @@ def test_slurm_profile_passes_a_dry_run(tmp_path):
     assert "gpu=1" in train_vae and "runtime=2880" in train_vae
     mmd = next(block for block in jobs if "rule evaluate_mmd:" in block)
     assert "gpu=" not in mmd
+
+
+def test_default_profile_is_picked_up_from_the_repository_root(tmp_path):
+    # Snakemake looks for profiles/default beside the Snakefile (the root one); `profiles` links to
+    # workflow/profiles, where the snakemake-workflows layout keeps them.
+    assert (REPO / "profiles").is_symlink() and (REPO / "profiles/default/config.yaml").is_file()
+    copy_workflow(tmp_path, link_code=True)
+    (tmp_path / "profiles").symlink_to("workflow/profiles")
+    result = subprocess.run(["snakemake", "-n"], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Using workflow specific profile profiles/default" in result.stdout + result.stderr
+    assert "ncp prepare-data --params-json" in result.stdout  # the profile's printshellcmds: true
 
 
 def test_snakemake_lint_passes(tmp_path):
@@ -264,12 +293,12 @@ def test_nce_param_change_reruns_nce_sampling_evaluation_and_tables_only(dvc_rep
     text = micro.read_text()
     assert re.search(r"\nnce:\n(  .*\n)*  epochs: 2\n", text)
     micro.write_text(re.sub(r"(\nnce:\n(?:  .*\n)*?  epochs: )2\n", r"\g<1>3\n", text))
-    assert _changed_stages(repo, env) == {"train_nce_0", "train_nce_1"}  # the stages that read `nce`
+    assert _changed_stages(repo, env) == {"train_nce_nano_0", "train_nce_nano_1"}  # the stages that read `nce`
     # Snakemake runs the DAG (as on a cluster), then DVC records the results
     result = _run(["snakemake", "--cores", "2", "--configfile", *CONFIGFILES], repo, env)
     counts = job_counts(result.stdout + result.stderr)
     assert counts == {"train_nce": 2, "sample": 1, "evaluate_nll": 1, "evaluate_fid": 1, "evaluate_mmd": 1,
-                      "tables": 1, "default": 1, "total": 8}
+                      "nearest_neighbours": 1, "tables": 1, "table6": 1, "table9": 1, "default": 1, "total": 11}
     assert _changed_stages(repo, env) == AFTER_NCE
     _run(["dvc", "commit", "-f"], repo, env)
     assert _changed_stages(repo, env) == set()

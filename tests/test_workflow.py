@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from workflow_copy import copy_workflow, job_counts
+from workflow_copy import copy_workflow, jobs_by_experiment
 
 
 
@@ -23,10 +23,18 @@ def test_dry_run_has_one_nce_job_per_latent_group(tmp_path):
     copy_workflow(tmp_path)
     result = _snakemake(tmp_path, "-n", "--cores", "2")
     assert result.returncode == 0, result.stderr
-    counts = job_counts(result.stdout)
-    assert counts["train_nce"] == 4  # params/default.yaml: 2 scales x 2 groups
-    assert counts["sample"] == 2  # base prior and SIR
-    assert counts["train_vae"] == 1 and counts["tables"] == 1
+    jobs = jobs_by_experiment(result.stdout)
+    assert jobs[("train_nce", "default")] == 4  # params/default.yaml: 2 scales x 2 groups
+    # base prior and SIR (M=50), plus Table 8's other settings: SIR M=5, 500 and LD 5, 50 steps
+    assert jobs[("sample", "default")] == 6 and jobs[("evaluate_fid_setting", "default")] == 5
+    assert jobs[("train_vae", "default")] == 1 and jobs[("tables", "")] == 1
+    # Table 2's single-group MLP VAE and Table 7's 2-group NVAE run as sub-experiments, with their own
+    # stage 1 and classifiers, but reuse the default's data split
+    assert jobs[("train_nce", "default/table2/table2_cpu")] == 1 and jobs[("train_nce", "default/table7/groups_2")] == 2
+    assert jobs[("evaluate_nll", "default/table2/table2_cpu")] == 1 and ("sample", "default/table2/table2_cpu") not in jobs
+    assert ("prepare_data", "default/table7/groups_2") not in jobs
+    for table in ("table2", "table6", "table7", "table8", "table9"):
+        assert jobs[(table, "")] == 1
 
 
 def test_bad_params_stop_the_workflow_before_any_job(tmp_path):
@@ -35,6 +43,28 @@ def test_bad_params_stop_the_workflow_before_any_job(tmp_path):
     result = _snakemake(tmp_path, "-n", "--cores", "1", "--configfile", "bad.yaml")
     assert result.returncode != 0
     assert "epochs" in result.stdout + result.stderr
+
+
+def _markdown_rows(path: Path) -> list[dict]:
+    """The rows of the (first) Markdown table in a file, as dicts of cell text (blank cells -> None)."""
+    lines = [line for line in path.read_text().splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = []
+    for line in lines[2:]:
+        cells = [cell.strip() or None for cell in line.strip("|").split("|")]
+        rows.append({key: _number(value) for key, value in zip(header, cells)})
+    return rows
+
+
+def _number(text):
+    try:
+        return float(text) if text not in (None, "nan") and not text.isdigit() else (text if text != "nan" else None)
+    except ValueError:
+        return text
+
+
+def _row(rows: list[dict], key: str, value: str) -> dict:
+    return next(row for row in rows if row[key] == value)
 
 
 @pytest.mark.slow
@@ -57,8 +87,21 @@ def test_micro_params_run_end_to_end(tmp_path):
     samples = torch.load(out / "samples/sir.pt", weights_only=True)
     assert samples["images"].shape == (64, 1, 32, 32) and samples["images"].dtype == torch.uint8
     for name in ("tables/results.md", "tables/table6.md", "tables/table9.md", "figures/samples_base.png",
-                 "figures/samples_sir.png", "figures/samples_ld.png", "figures/fig5_loss.png", "vae/checkpoint.pt"):
+                 "figures/samples_sir.png", "figures/samples_ld.png", "figures/fig5_loss.png", "vae/checkpoint.pt",
+                 "figures/fig4_neighbours.png", "tables/table7.tex", "tables/table8.tex"):
         assert (out / name).is_file(), name
+    # Table 7: this run's 4 groups and the 2-group sub-experiment, each with both FIDs
+    fid_2 = json.loads((out / "table7/groups_2/metrics/fid.json").read_text())["methods"]
+    table7 = _markdown_rows(out / "tables/table7.md")
+    assert _row(table7, "groups", "2")["ours NVAE"] == pytest.approx(fid_2["base"]["fid"], rel=1e-3)
+    assert _row(table7, "groups", "4")["ours NCP-VAE"] == pytest.approx(summary["fid"]["ncp_sir"], rel=1e-3)
+    # Table 8: SIR with M=2 and this run's own M=8 and LD 3 steps (sampled once), timed and scored
+    table8 = _markdown_rows(out / "tables/table8.md")
+    ours = {(row["method"], row["steps"]): row for row in table8 if row["ours FID"] is not None}
+    assert set(ours) == {("sir", "2"), ("sir", "8"), ("ld", "3")}
+    assert ours[("sir", "8")]["ours FID"] == pytest.approx(summary["fid"]["ncp_sir"], rel=1e-3)
+    sir_m2 = torch.load(out / "samples/sir_m2.pt", weights_only=True)
+    assert sir_m2["setting"] == {"num_proposals": 2} and sir_m2["time_10_s"] > 0
     # The resume state of stage 1 is removed once the final checkpoint exists.
     assert not (out / "work/vae/resume.pt").exists()
     # The per-group NCE jobs run side by side with --cores 2: rerun just them (each logs when it started

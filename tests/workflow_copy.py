@@ -30,3 +30,21 @@ def job_counts(output: str) -> dict[str, int]:
             break
         counts[parts[0]] = int(parts[1])
     return counts
+
+
+def jobs_by_experiment(output: str) -> dict[tuple[str, str], int]:
+    """Jobs per (rule, experiment wildcard) in a dry run's job listing (rules without one: experiment "")."""
+    counts: dict[tuple[str, str], int] = {}
+    for block in output.split("\nrule ")[1:]:
+        rule = block.split(":", 1)[0].strip()
+        experiment = ""
+        for line in block.splitlines():
+            line = line.strip()
+            if line.startswith("wildcards:"):
+                fields = dict(part.strip().split("=", 1) for part in line[len("wildcards:"):].split(", "))
+                experiment = fields.get("experiment", "").strip()
+                break
+            if line.startswith("Job stats") or line == "":
+                break
+        counts[(rule, experiment)] = counts.get((rule, experiment), 0) + 1
+    return counts

@@ -1,12 +1,11 @@
 # Validation, result paths and the per-stage params; no logic beyond what wiring needs.
-import json
+import re
 from pathlib import Path
 
-import yaml
 from snakemake.utils import validate
 
-import ncp
 from ncp.config import num_latent_groups, resolve_params, stage_params_json
+from ncp.study import sharing_owner, study_experiments, sweep_variants, table_metric_files, table_runs, written_tables
 
 
 def _cuda_available():
@@ -17,9 +16,56 @@ def _cuda_available():
 
 validate(config, "../../ncp/params.schema.yaml")
 PARAMS = resolve_params(config)  # the same defaults and checks `ncp <stage>` applies
-RESULTS = f"results/{PARAMS['experiment']}"
-GROUPS = list(range(num_latent_groups(PARAMS["vae"])))
+MAIN = PARAMS["experiment"]
+# This run and the sub-experiments its paper tables gather (Tables 2 and 7; see ncp/study.py): every
+# rule below works for any of them through the {experiment} wildcard.
+EXPERIMENTS = {e.name: e for e in study_experiments(PARAMS)}
+RESULTS = "results/{experiment}"
+MAIN_RESULTS = f"results/{MAIN}"
 SAMPLE_METHODS = ["base"] + list(PARAMS["sample"]["methods"])
+NCP_METHOD = (SAMPLE_METHODS[1:] or ["base"])[0]  # the sampler Fig. 4 shows
+TABLE8_VARIANTS = sweep_variants(PARAMS)
+
+
+wildcard_constraints:
+    experiment="|".join(re.escape(name) for name in EXPERIMENTS),
+    group=r"\d+",
+
+
+def experiment_params(wildcards):
+    return EXPERIMENTS[wildcards.experiment].params
+
+
+def groups_of(experiment):
+    """The latent groups of ``experiment``."""
+    return list(range(num_latent_groups(EXPERIMENTS[experiment].params["vae"])))
+
+
+def groups(wildcards):
+    return groups_of(wildcards.experiment)
+
+
+def overlay(wildcards):
+    """A sub-experiment's params overlay, as an input (a change to it reruns that experiment's jobs)."""
+    path = EXPERIMENTS[wildcards.experiment].overlay
+    return [path] if path else []
+
+
+def shared(stage, path):
+    """``path`` under the first experiment with the same ``stage`` params (data splits and FID features
+    are computed once per study)."""
+    experiments = list(EXPERIMENTS.values())
+    return lambda wildcards: f"results/{sharing_owner(experiments, wildcards.experiment, stage)}/{path}"
+
+
+def classifiers(wildcards):
+    return expand(f"results/{wildcards.experiment}/nce/group_{{group}}.pt", group=groups(wildcards))
+
+
+def samples(wildcards):
+    return expand(f"results/{wildcards.experiment}/samples/{{method}}.pt", method=SAMPLE_METHODS)
+
+
 # Jobs that run on the GPU ask for one where a GPU will be used, so the profile's `gpu` resource caps
 # how many run at once; on a CPU-only machine they ask for none and run side by side.
 GPU_PER_JOB = int(PARAMS["device"] != "cpu" and _cuda_available())
@@ -39,8 +85,8 @@ STAGE_CODE = {
     + ["ncp/sample.py", "ncp/samplers/sir.py", "ncp/samplers/langevin.py"],
     "evaluate": _SHARED_CODE + _MODEL_CODE + _PRIOR_CODE
     + ["ncp/evaluate.py", "ncp/data/datasets.py", "ncp/metrics/fid.py", "ncp/metrics/feature_nets.py",
-       "ncp/metrics/mmd.py", "ncp/metrics/nll.py", "ncp/metrics/log_z.py"],
-    "tables": _SHARED_CODE + ["ncp/tables.py", "ncp/paper_results.yaml"],
+       "ncp/metrics/mmd.py", "ncp/metrics/nll.py", "ncp/metrics/log_z.py", "ncp/metrics/neighbours.py"],
+    "tables": _SHARED_CODE + ["ncp/tables.py", "ncp/paper_tables.py", "ncp/study.py", "ncp/paper_results.yaml"],
 }
 
 
@@ -51,25 +97,32 @@ def code(stage):
 
 def params_json(stage):
     """The params sections `stage` reads, as the JSON passed to `ncp <stage> --params-json`."""
+    return lambda wildcards: stage_params_json(experiment_params(wildcards), stage)
+
+
+def main_params_json(stage):
+    """``params_json`` for the rules that only this run has (its tables and figures)."""
     return stage_params_json(PARAMS, stage)
 
 
-def written_paper_tables(requested):
-    """The paper tables `ncp tables` writes for this run: table9, and those with per-run rows (as ncp/tables.py)."""
-    paper = yaml.safe_load((Path(ncp.__file__).parent / "paper_results.yaml").read_text())["tables"]
-    return [
-        name
-        for name in requested
-        if name == "table9" or ("rows" in paper.get(name, {}) and "value" in paper[name]["rows"][0])
-    ]
+PAPER_TABLE_NAMES = [f"table{n}" for n in range(1, 10)]
 
 
-PAPER_TABLES = written_paper_tables(PARAMS["paper"]["tables"])
+def paper_table_inputs(table):
+    """The metric files of every run that supplies rows to ``table``."""
+    return table_metric_files(list(EXPERIMENTS.values()), table, TABLE8_VARIANTS)
+
+
+def paper_table_runs(table):
+    """The metrics folders of those runs, this run's first (what `ncp paper-table --runs` takes)."""
+    return [f"results/{name}/metrics" for name in table_runs(list(EXPERIMENTS.values()), table)]
 
 
 def all_outputs():
-    """What `snakemake` builds by default for this experiment."""
-    return [
-        f"{RESULTS}/metrics/summary.json",
-        f"{RESULTS}/tables/results.md",
-    ] + expand(f"{RESULTS}/figures/samples_{{method}}.png", method=SAMPLE_METHODS)
+    """What `snakemake` builds by default for this experiment: its summary, tables, figures and grids."""
+    return (
+        [f"{MAIN_RESULTS}/metrics/summary.json", f"{MAIN_RESULTS}/tables/results.md",
+         f"{MAIN_RESULTS}/figures/fig4_neighbours.png"]
+        + expand(f"{MAIN_RESULTS}/figures/samples_{{method}}.png", method=SAMPLE_METHODS)
+        + expand(f"{MAIN_RESULTS}/tables/{{table}}.{{ext}}", table=written_tables(PARAMS), ext=["md", "tex"])
+    )

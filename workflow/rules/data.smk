@@ -1,6 +1,7 @@
 rule prepare_data:
     """Load the dataset named in the params and write its train/test splits."""
     input:
+        overlay=overlay,
         code=code("prepare-data"),
     output:
         train=f"{RESULTS}/data/train.pt",

@@ -1,17 +1,14 @@
-SAMPLES = expand(f"{RESULTS}/samples/{{method}}.pt", method=SAMPLE_METHODS)
-
-
 rule fid_features:
     """The FID feature network and the training set's reference features (cached once per run)."""
     input:
-        train=rules.prepare_data.output.train,
-        test=rules.prepare_data.output.test,
+        train=shared("prepare-data", "data/train.pt"),
+        test=shared("prepare-data", "data/test.pt"),
         code=code("evaluate"),
     output:
         features=f"{RESULTS}/features/reference.npz",
         network=f"{RESULTS}/features/network.pt",
     params:
-        cfg=params_json("evaluate"),
+        cfg=params_json("evaluate-features"),
     resources:
         gpu=GPU_PER_JOB,
     conda:
@@ -26,11 +23,12 @@ rule fid_features:
 rule evaluate_fid:
     """FID and KID of every sampler's images (and of reconstructions) against the training set."""
     input:
-        features=rules.fid_features.output.features,
-        network=rules.fid_features.output.network,
-        samples=SAMPLES,
+        features=shared("evaluate-features", "features/reference.npz"),
+        network=shared("evaluate-features", "features/network.pt"),
+        samples=samples,
         checkpoint=rules.train_vae.output.checkpoint,
-        train=rules.prepare_data.output.train,
+        train=shared("prepare-data", "data/train.pt"),
+        overlay=overlay,
         code=code("evaluate"),
     output:
         metrics=f"{RESULTS}/metrics/fid.json",
@@ -51,18 +49,20 @@ rule evaluate_mmd:
     """MMD between q(z_k), p(z_k) and p_NCP(z_k) for every latent group (paper Table 9)."""
     input:
         latents=rules.cache_latents.output.latents,
-        samples=SAMPLES,
+        samples=samples,
+        overlay=overlay,
         code=code("evaluate"),
     output:
         metrics=f"{RESULTS}/metrics/mmd.json",
     params:
         cfg=params_json("evaluate"),
+        latents=lambda wildcards, input: [f"{input.latents}/group_{k}.pt" for k in groups(wildcards)],
     conda:
         "../envs/ncp.yaml"
     log:
         f"{RESULTS}/logs/evaluate_mmd.log",
     shell:
-        "ncp evaluate mmd --params-json {params.cfg:q} --latents {input.latents} "
+        "ncp evaluate mmd --params-json {params.cfg:q} --latents {params.latents} "
         "--samples {input.samples} --out {output.metrics} > {log} 2>&1"
 
 
@@ -70,8 +70,9 @@ rule evaluate_nll:
     """Test NLL of the base VAE and of NCP-VAE (importance weighted, minus an estimated log Z)."""
     input:
         checkpoint=rules.train_vae.output.checkpoint,
-        classifiers=CLASSIFIERS,
-        test=rules.prepare_data.output.test,
+        classifiers=classifiers,
+        test=shared("prepare-data", "data/test.pt"),
+        overlay=overlay,
         code=code("evaluate"),
     output:
         metrics=f"{RESULTS}/metrics/nll.json",
@@ -88,3 +89,44 @@ rule evaluate_nll:
     shell:
         "ncp evaluate nll --params-json {params.cfg:q} --checkpoint {input.checkpoint} "
         "--classifiers {input.classifiers} --test-data {input.test} --out {output.metrics} > {log} 2>&1"
+
+
+rule evaluate_fid_setting:
+    """FID and KID of one sampling setting of Table 8's sweep (no reconstructions)."""
+    input:
+        features=shared("evaluate-features", "features/reference.npz"),
+        network=shared("evaluate-features", "features/network.pt"),
+        samples=f"{RESULTS}/samples/{{method}}.pt",
+        code=code("evaluate"),
+    output:
+        metrics=f"{RESULTS}/metrics/fid/{{method}}.json",
+    params:
+        cfg=params_json("evaluate"),
+    resources:
+        gpu=GPU_PER_JOB,
+    conda:
+        "../envs/ncp.yaml"
+    log:
+        f"{RESULTS}/logs/evaluate_fid_{{method}}.log",
+    shell:
+        "ncp evaluate fid --params-json {params.cfg:q} --features {input.features} --samples {input.samples} "
+        "--out {output.metrics} > {log} 2>&1"
+
+
+rule nearest_neighbours:
+    """Fig. 4: NCP samples beside their nearest training images (resized, centre-cropped, KD-tree)."""
+    input:
+        samples=f"{RESULTS}/samples/{NCP_METHOD}.pt",
+        train=shared("prepare-data", "data/train.pt"),
+        code=code("evaluate"),
+    output:
+        figure=report(f"{RESULTS}/figures/fig4_neighbours.png", caption="../report/neighbours.rst", category="Figure 4"),
+    params:
+        cfg=params_json("evaluate"),
+    conda:
+        "../envs/ncp.yaml"
+    log:
+        f"{RESULTS}/logs/nearest_neighbours.log",
+    shell:
+        "ncp evaluate neighbours --params-json {params.cfg:q} --samples {input.samples} --train-data {input.train} "
+        "--out {output.figure} > {log} 2>&1"

@@ -1,11 +1,9 @@
-CLASSIFIERS = expand(f"{RESULTS}/nce/group_{{group}}.pt", group=GROUPS)
-
-
 rule sample:
-    """Images from the base prior (method=base) or the NCP prior (sir, ld)."""
+    """Images from the base prior (method=base) or the NCP prior (sir, ld, or a Table 8 setting such as sir_m500)."""
     input:
         checkpoint=rules.train_vae.output.checkpoint,
-        classifiers=lambda w: [] if w.method == "base" else CLASSIFIERS,
+        classifiers=lambda wildcards: [] if wildcards.method == "base" else classifiers(wildcards),
+        overlay=overlay,
         code=code("sample"),
     output:
         samples=f"{RESULTS}/samples/{{method}}.pt",
@@ -13,10 +11,10 @@ rule sample:
             f"{RESULTS}/figures/samples_{{method}}.png",
             caption="../report/samples.rst",
             category="Samples",
-            labels={"sampler": "{method}"},
+            labels={"experiment": "{experiment}", "sampler": "{method}"},
         ),
     wildcard_constraints:
-        method="base|sir|ld",
+        method=r"base|sir|ld|sir_m\d+|ld_t\d+",
     params:
         cfg=params_json("sample"),
     resources:

@@ -1,7 +1,8 @@
 rule train_vae:
     """Stage 1: train the backbone VAE (or take an imported NVAE checkpoint)."""
     input:
-        train=rules.prepare_data.output.train,
+        train=shared("prepare-data", "data/train.pt"),
+        overlay=overlay,
         code=code("train-vae"),
     output:
         checkpoint=f"{RESULTS}/vae/checkpoint.pt",
@@ -9,7 +10,8 @@ rule train_vae:
         cfg=params_json("train-vae"),
         work_dir=f"{RESULTS}/work/vae",
     resources:
-        gpu=GPU_PER_JOB,
+        # vae.train.num_processes > 1: one DDP process per GPU (ncp train-vae starts torchrun itself)
+        gpu=lambda wildcards: GPU_PER_JOB * experiment_params(wildcards)["vae"]["train"]["num_processes"],
     conda:
         "../envs/ncp.yaml"
     log:

@@ -2,12 +2,15 @@ rule cache_latents:
     """Stage 2a: (z ~ q, z ~ p with the same z_<k, context) for every latent group."""
     input:
         checkpoint=rules.train_vae.output.checkpoint,
-        train=rules.prepare_data.output.train,
+        train=shared("prepare-data", "data/train.pt"),
+        overlay=overlay,
         code=code("cache-latents"),
     output:
-        latents=expand(f"{RESULTS}/latents/group_{{group}}.pt", group=GROUPS),
+        # one file per group, group_<k>.pt; a folder, since experiments differ in their group counts
+        latents=directory(f"{RESULTS}/latents"),
     params:
         cfg=params_json("cache-latents"),
+        files=lambda wildcards, output: [f"{output.latents}/group_{k}.pt" for k in groups(wildcards)],
     resources:
         gpu=GPU_PER_JOB,
     conda:
@@ -16,19 +19,21 @@ rule cache_latents:
         f"{RESULTS}/logs/cache_latents.log",
     shell:
         "ncp cache-latents --params-json {params.cfg:q} --checkpoint {input.checkpoint} "
-        "--train-data {input.train} --out {output.latents} > {log} 2>&1"
+        "--train-data {input.train} --out {params.files} > {log} 2>&1"
 
 
 rule train_nce:
     """Stage 2b: the binary classifier D_k of latent group {wildcards.group} (independent jobs)."""
     input:
-        latents=f"{RESULTS}/latents/group_{{group}}.pt",
+        latents=rules.cache_latents.output.latents,
+        overlay=overlay,
         code=code("train-nce"),
     output:
         classifier=f"{RESULTS}/nce/group_{{group}}.pt",
         metrics=f"{RESULTS}/metrics/nce/group_{{group}}.json",
     params:
         cfg=params_json("train-nce"),
+        latents=lambda wildcards, input: f"{input.latents}/group_{wildcards.group}.pt",
     resources:
         gpu=GPU_PER_JOB,
     conda:
@@ -38,5 +43,5 @@ rule train_nce:
     benchmark:
         f"{RESULTS}/benchmarks/train_nce_{{group}}.tsv"
     shell:
-        "ncp train-nce --params-json {params.cfg:q} --latents {input.latents} "
+        "ncp train-nce --params-json {params.cfg:q} --latents {params.latents} "
         "--out {output.classifier} --metrics-out {output.metrics} > {log} 2>&1"

@@ -1,0 +1,152 @@
+"""`ncp paper-table <tableN>`: one of the paper's tables, with ours beside the paper's published values.
+
+Each table reads the metric files of the runs that supply its rows: this run, and the sub-experiments
+`paper.experiments` names for it (see ncp/study.py). A paper row without a figure of ours is kept, with
+ours left blank, and listed under the table as missing, so a table never fails for want of a
+paper-scale run. Tables 1-6 compare single figures; Table 7 is FID against the number of latent groups;
+Table 8 is FID, time and memory against SIR proposals and LD iterations; Table 9 is MMD per group.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import pandas as pd
+
+from ncp.config import ExperimentConfig
+from ncp.runtime import read_json
+from ncp.tables import fid_summary, lookup, nll_summary, paper_results, write_table
+
+COMPARISON_TABLES = ("table1", "table2", "table3", "table4", "table5", "table6")
+
+
+class Run:
+    """The metric files of one experiment (a folder results/<experiment>/metrics), read on demand."""
+
+    def __init__(self, metrics_dir: Path):
+        self.metrics_dir = Path(metrics_dir)
+        self.label = self.metrics_dir.parent.name  # a sub-experiment's overlay name, or the experiment
+
+    def read(self, name: str) -> Optional[dict]:
+        path = self.metrics_dir / name
+        return read_json(path) if path.is_file() else None
+
+    def summary(self) -> dict:
+        """The figures `ours:` keys name (fid.*, nll.*), from whichever metric files this run has."""
+        fid, nll = self.read("fid.json"), self.read("nll.json")
+        return {"fid": fid_summary(fid) if fid else {}, "nll": nll_summary(nll) if nll else {}}
+
+    def num_groups(self) -> int:
+        return len(list((self.metrics_dir / "nce").glob("group_*.json")))
+
+
+def _notes(cfg: ExperimentConfig, runs: Sequence[Run], missing: list[str]) -> list[str]:
+    notes = [f"ours: experiment `{cfg.experiment}`" + (f" and sub-experiments {', '.join(r.label for r in runs[1:])}"
+                                                      if len(runs) > 1 else "")
+             + "; samples at temperature 1; the paper's setting differs unless the params are the paper's"]
+    if missing:
+        notes.append("rows without a figure of ours (other models, or runs not made here): " + ", ".join(missing))
+    return notes
+
+
+def comparison_table(paper: dict, runs: Sequence[Run], own_rows: bool) -> tuple[pd.DataFrame, list[str]]:
+    """Tables 1-6: each paper row, ours from the run that supplies it, and ours - paper. A row naming a
+    `run` takes that sub-experiment's figure; the others take this run's (``own_rows``: the table is in
+    its `paper.tables`), else its first sub-experiment's (Table 2 from the default's single-group VAE)."""
+    by_label = {run.label: run for run in runs[1:]}
+    default_source = runs[0] if own_rows else (runs[1] if len(runs) > 1 else None)
+    rows, missing = [], []
+    for row in paper["rows"]:
+        source = by_label.get(row["run"]) if "run" in row else default_source
+        ours = lookup(source.summary(), row.get("ours")) if source is not None else None
+        rows.append({"model": row["model"], "paper": row["value"], "ours": ours,
+                     "ours - paper": None if ours is None else ours - row["value"],
+                     "ours from": source.label if ours is not None else ""})
+        if ours is None:
+            missing.append(row["model"])
+    return pd.DataFrame(rows), missing
+
+
+def groups_table(paper: dict, runs: Sequence[Run]) -> tuple[pd.DataFrame, list[str]]:
+    """Table 7: FID of the base prior and of NCP against the number of latent groups."""
+    table: dict[int, dict] = {}
+    for row in paper["rows"]:
+        table[row["groups"]] = {"groups": row["groups"], "paper NVAE": row["NVAE"], "paper NCP-VAE": row["NCP-VAE"]}
+    for run in runs:
+        fid = run.summary()["fid"]
+        entry = table.setdefault(run.num_groups(), {"groups": run.num_groups()})
+        ncp = fid.get("ncp_sir") if fid.get("ncp_sir") is not None else fid.get("ncp_ld")
+        entry.update({"ours NVAE": fid.get("base"), "ours NCP-VAE": ncp,
+                      "ours from": run.label})
+    columns = ["groups", "paper NVAE", "paper NCP-VAE", "ours NVAE", "ours NCP-VAE", "ours from"]
+    frame = pd.DataFrame([table[k] for k in sorted(table)]).reindex(columns=columns)
+    missing = [f"{k} groups" for k in sorted(table) if pd.isna(frame.set_index("groups").loc[k, "ours NVAE"])]
+    return frame, missing
+
+
+def sampler_sweep_table(paper: dict, run: Run, variants: Sequence[str]) -> tuple[pd.DataFrame, list[str], dict]:
+    """Table 8: FID, time for 1 and 10 images and peak memory per SIR / LD setting; also the protocol
+    (memory kind, sample count, feature network) the settings' records share."""
+    table: dict[tuple[str, int], dict] = {}
+    for row in paper["rows"]:
+        table[(row["method"], row["steps"])] = {
+            "method": row["method"], "steps": row["steps"], "paper FID": row["FID"], "paper 1 img (s)": row["time_1_s"],
+            "paper 10 img (s)": row["time_10_s"], "paper memory (GB)": row["memory_gb"]}
+    protocol = {}
+    for variant in variants:
+        record = run.read(f"fid/{variant}.json")
+        if record is None:
+            continue
+        sampling = next(iter(record["sampling"].values()))
+        sampler = sampling["sampler"]
+        steps = sampling["setting"]["num_proposals" if sampler == "sir" else "num_steps"]
+        protocol = {"memory_kind": sampling["memory_kind"], "num_samples": record["num_samples"],
+                    "features": record["features"]}
+        table.setdefault((sampler, steps), {"method": sampler, "steps": steps}).update({
+            "ours FID": next(iter(record["methods"].values()))["fid"], "ours 1 img (s)": sampling["time_1_s"],
+            "ours 10 img (s)": sampling["time_10_s"], "ours memory (GB)": sampling["peak_memory_10_bytes"] / 1e9})
+    order = sorted(table, key=lambda key: (key[0] != "sir", key[1]))  # SIR rows first, as the paper
+    columns = ["method", "steps"] + [f"{who} {what}" for who in ("paper", "ours")
+                                     for what in ("FID", "1 img (s)", "10 img (s)", "memory (GB)")]
+    frame = pd.DataFrame([table[k] for k in order]).reindex(columns=columns)
+    missing = [f"{m} {s}" for m, s in order if table[(m, s)].get("ours FID") is None]
+    return frame, missing, protocol
+
+
+def mmd_table(run: Run) -> pd.DataFrame:
+    """Table 9 for this run: MMD^2 of q against p and against p_NCP, per group."""
+    return pd.DataFrame(run.read("mmd.json")["per_group"])[["group", "dim", "bandwidth", "q_p", "q_pncp"]]
+
+
+def run(name: str, cfg: ExperimentConfig, metrics_dirs: Sequence[Path], variants: Sequence[str], out_stem: Path) -> None:
+    """Write <out_stem>.md and .tex for paper table ``name`` from the runs' metric folders (this run first)."""
+    paper = paper_results()["tables"]
+    if name not in paper:
+        raise ValueError(f"unknown paper table {name!r}; expected one of {', '.join(paper)}")
+    runs = [Run(path) for path in metrics_dirs]
+    if not runs:
+        raise ValueError(f"`ncp paper-table {name}` needs --runs (this run's metrics folder first)")
+    spec = paper[name]
+    if name in COMPARISON_TABLES:
+        frame, missing = comparison_table(spec, runs, own_rows=name in cfg.paper_tables)
+        notes = _notes(cfg, runs, missing)
+    elif name == "table7":
+        frame, missing = groups_table(spec, runs)
+        notes = _notes(cfg, runs, missing) + ["the paper's groups are on CelebA-64; ours are those this study ran"]
+    elif name == "table8":
+        frame, missing, protocol = sampler_sweep_table(spec, runs[0], variants)
+        notes = _notes(cfg, runs, missing) + [
+            f"ours: one VAE and one set of classifiers for every setting; FID from {protocol.get('num_samples')} samples "
+            f"({protocol.get('features')}); times are wall seconds to draw a batch of 1 and of 10 images after a "
+            f"warm-up draw; memory: {protocol.get('memory_kind')} after the 10-image batch (the paper: GPU memory)"]
+    elif name == "table9":
+        frame = mmd_table(runs[0])
+        mmd = runs[0].read("mmd.json")
+        notes = [f"ours: experiment `{cfg.experiment}`, {mmd['num_samples']} samples per population, "
+                 f"{mmd['estimator']}, bandwidth = median heuristic, recorded per group; NCP samples by {mmd['ncp_method']}",
+                 "paper (CelebA-64, 5k samples): " + ", ".join(
+                     f"group {r['group']}: {r['q_p']} / {r['q_pncp']}" for r in spec["rows"])]
+    else:
+        raise ValueError(f"no builder for paper table {name!r}")
+    write_table(frame, spec["title"], notes, Path(out_stem))
