@@ -44,7 +44,10 @@ STAGES = {"prepare_data_nano", "train_vae_nano", "fid_features_nano", "cache_lat
           "train_nce_nano_0", "train_nce_nano_1", "sample_nano_sir", "evaluate_nll_nano", "evaluate_fid_nano",
           "evaluate_mmd_nano", "nearest_neighbours_nano", "tables", "table6", "table9"}
 AFTER_NCE = {"train_nce_nano_0", "train_nce_nano_1", "sample_nano_sir", "evaluate_nll_nano", "evaluate_fid_nano",
-             "evaluate_mmd_nano", "nearest_neighbours_nano", "tables", "table6", "table9"}
+             "evaluate_mmd_nano", "nearest_neighbours_nano", "tables", "table6"}
+# Table 9 reads only mmd.json, which a small classifier change can leave byte-identical (SIR then picks
+# the same proposals), so DVC may or may not see it changed.
+MAYBE_AFTER_NCE = {"table9"}
 
 
 
@@ -299,7 +302,7 @@ def test_nce_param_change_reruns_nce_sampling_evaluation_and_tables_only(dvc_rep
     counts = job_counts(result.stdout + result.stderr)
     assert counts == {"train_nce": 2, "sample": 1, "evaluate_nll": 1, "evaluate_fid": 1, "evaluate_mmd": 1,
                       "nearest_neighbours": 1, "tables": 1, "table6": 1, "table9": 1, "default": 1, "total": 11}
-    assert _changed_stages(repo, env) == AFTER_NCE
+    assert AFTER_NCE <= _changed_stages(repo, env) <= AFTER_NCE | MAYBE_AFTER_NCE
     _run(["dvc", "commit", "-f"], repo, env)
     assert _changed_stages(repo, env) == set()
     _run(["git", "add", "-A"], repo, env)
@@ -340,10 +343,10 @@ def test_report_holds_tables_sample_grids_and_figures(dvc_repo):
 @pytest.mark.slow
 def test_exp_run_with_a_set_param_reruns_only_the_stages_reading_it(dvc_repo):
     repo, env = dvc_repo
-    # `paper` is read by the tables stage alone; --temp runs in a copy and leaves the workspace as it is
+    # `paper` is read by the table stages alone; --temp runs in a copy and leaves the workspace as it is
     before = (repo / "params/default.yaml").read_text()
     result = _run(["dvc", "exp", "run", "--temp", "-n", "relabel", "-S", "params/default.yaml:paper.row=relabelled"], repo, env)
-    assert _ran_stages(result.stdout + result.stderr) == ["tables"]
+    assert sorted(_ran_stages(result.stdout + result.stderr)) == ["table6", "table9", "tables"]
     assert (repo / "params/default.yaml").read_text() == before
     experiments = json.loads(_run(["dvc", "exp", "show", "--json"], repo, env).stdout)
     assert "relabel" in json.dumps(experiments) and "relabelled" in json.dumps(experiments)
