@@ -312,7 +312,8 @@ def test_paper_params_dry_run_has_one_nce_job_per_group(dry_runs, name):
     assert jobs[("train_vae", main)] == 1 and jobs[("cache_latents", main)] == 1 and jobs[("tables", "")] == 1
     sweep = params["paper"]["table8"]
     # base + each sampler, + each Table 8 setting that is not the run's own (e.g. SIR M=50 is sampled once)
-    own = {("sir", params["sample"]["sir"]["num_proposals"]), ("ld", params["sample"]["ld"]["num_steps"])}
+    own = {(method, params["sample"][method]["num_proposals" if method == "sir" else "num_steps"])
+           for method in params["sample"]["methods"]}
     extra = {("sir", m) for m in sweep["sir_num_proposals"]} | {("ld", t) for t in sweep["ld_num_steps"]}
     assert jobs[("sample", main)] == 1 + len(params["sample"]["methods"]) + len(extra - own)
     for table in params["paper"]["tables"] + [t for t, files in params["paper"]["experiments"].items() if files]:
