@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--classifiers", type=Path, nargs="*", default=[])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--grid", type=Path, required=True)
+    p.add_argument("--num-samples", type=int, default=None, help="images to draw (default: sample.num_samples)")
 
     p = commands.add_parser("evaluate", help="stage 4: FID features, FID/KID, MMD, NLL")
     p.add_argument("metric", choices=["features", "fid", "mmd", "nll", "neighbours"])
@@ -146,7 +147,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif command == "sample":
         from ncp import sample
 
-        sample.run(cfg.sample, args.method, cfg.seed, cfg.device, args.checkpoint, args.classifiers, args.out, args.grid)
+        sample.run(cfg.sample, args.method, cfg.seed, cfg.device, args.checkpoint, args.classifiers, args.out, args.grid,
+                   args.num_samples)
     elif command == "evaluate":
         from ncp import evaluate
 

@@ -114,7 +114,7 @@ def evaluate_fid(cfg: ExperimentConfig, reference_path: Path, samples: Sequence[
                                             "memory_kind", "time_1_s", "time_10_s", "peak_memory_10_bytes",
                                             "diagnostics")
         } | {"num_samples": len(drawn["images"])}
-    num_samples = cfg.sample.num_samples
+    num_samples = min(s["num_samples"] for s in sampling.values())  # the images scored (a Table 8 sweep may draw fewer)
     if checkpoint is not None:  # the Table 8 sweep scores samples only
         model = load_vae_checkpoint(checkpoint, device)
         train = load_image_set(train_data)

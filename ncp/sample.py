@@ -12,7 +12,7 @@ import copy
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torchvision.utils import save_image
@@ -92,11 +92,11 @@ def time_small_batches(model, choose, device: torch.device, sizes=(1, 10)) -> di
 
 
 def run(sample: SampleConfig, method: str, seed: int, device: str, checkpoint: Path,
-        classifier_files: Sequence[Path], out: Path, grid_out: Path) -> None:
-    """Draw ``sample.num_samples`` images with ``method`` (base, sir, ld, or a Table 8 setting such as
-    sir_m500) and write them, their timings and a grid."""
+        classifier_files: Sequence[Path], out: Path, grid_out: Path, num_samples: Optional[int] = None) -> None:
+    """Draw ``sample.num_samples`` (or ``num_samples``) images with ``method`` (base, sir, ld, or a Table 8
+    setting such as sir_m500) and write them, their timings and a grid."""
     sampler, overrides = parse_variant(method)
-    sample = replace(sample, **overrides)
+    sample = replace(sample, **overrides, **({"num_samples": num_samples} if num_samples else {}))
     torch_device = pick_device(device)
     seed_everything(seed + 7)
     model = load_vae_checkpoint(checkpoint, torch_device)

@@ -74,12 +74,13 @@ def sweep_variants(params: dict) -> list[str]:
     """Table 8's sampling settings as sample names (`sir_m<M>`, `ld_t<T>`); the run's own setting keeps
     its plain name (`sir`, `ld`), so it is not sampled twice."""
     sample, sweep = params["sample"], params["paper"]["table8"]
+    same_count = sweep["num_samples"] in (None, sample["num_samples"])
     names = []
     for m in sweep["sir_num_proposals"]:
-        own = "sir" in sample["methods"] and m == sample["sir"]["num_proposals"]
+        own = same_count and "sir" in sample["methods"] and m == sample["sir"]["num_proposals"]
         names.append("sir" if own else f"sir_m{m}")
     for t in sweep["ld_num_steps"]:
-        own = "ld" in sample["methods"] and t == sample["ld"]["num_steps"]
+        own = same_count and "ld" in sample["methods"] and t == sample["ld"]["num_steps"]
         names.append("ld" if own else f"ld_t{t}")
     return names
 

@@ -93,10 +93,13 @@ def test_dvc_yaml_has_one_stage_per_snakemake_job():
         "train_nce_default-table2-table2_cpu_0", "train_nce_default-table7-groups_2_0",
         "train_nce_default-table7-groups_2_1", "train_nce_default_0", "train_nce_default_1", "train_nce_default_2",
         "train_nce_default_3"]
-    # samplers base and SIR, and Table 8's other settings
+    # samplers base and SIR, and Table 8's settings (fewer images each, so SIR M=50 is drawn again)
     assert {name for name in stages if name.startswith("sample_default_")} == {
-        "sample_default_base", "sample_default_sir", "sample_default_sir_m5", "sample_default_sir_m500",
-        "sample_default_ld_t5", "sample_default_ld_t50"}
+        "sample_default_base", "sample_default_sir", "sample_default_sir_m5", "sample_default_sir_m50",
+        "sample_default_sir_m200", "sample_default_ld_t5", "sample_default_ld_t25"}
+    assert stages["sample_default_sir_m200"]["cmd"] == (
+        "snakemake --cores all --rerun-incomplete --allowed-rules sample --force "
+        "results/default/samples/sir_m200.pt results/default/figures/samples_sir_m200.png")
     nce = stages["train_nce_default_2"]
     assert shlex.split(nce["cmd"]) == ["snakemake", "--cores", "all", "--rerun-incomplete", "--allowed-rules", "train_nce",
                                        "--force", "results/default/nce/group_2.pt", "results/default/metrics/nce/group_2.json"]
@@ -110,7 +113,7 @@ def test_dvc_yaml_has_one_stage_per_snakemake_job():
     assert stages["tables"]["params"] == [{"params/default.yaml": ["evaluate", "experiment", "paper", "sample"]}]
     assert "results/default/figures/fig5_loss.png" in stages["tables"]["outs"]
     assert set(stages["table8"]["deps"]) >= {f"results/default/metrics/fid/{v}.json"
-                                              for v in ("sir", "sir_m5", "sir_m500", "ld_t5", "ld_t50")}
+                                              for v in ("sir_m5", "sir_m50", "sir_m200", "ld_t5", "ld_t25")}
     assert stages["table2"]["deps"][0] == "results/default/table2/table2_cpu/metrics/nll.json"
 
 

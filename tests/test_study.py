@@ -63,7 +63,7 @@ def test_main_first_then_sub_experiments_with_overlays_applied(tmp_path):
     for sub in (mlp, groups):
         assert sub.params["experiment"] == sub.name
         assert sub.params["paper"]["tables"] == [] and sub.params["paper"]["experiments"] == {}
-        assert sub.params["paper"]["table8"] == {"sir_num_proposals": [], "ld_num_steps": []}
+        assert sub.params["paper"]["table8"] == {"sir_num_proposals": [], "ld_num_steps": [], "num_samples": None}
     assert mlp.params["paper"]["row"] == "single-group MLP"  # the overlay's row, else its label
     assert groups.params["paper"]["row"] == "groups_2"
 
@@ -98,6 +98,11 @@ def test_sweep_keeps_the_runs_own_setting_plain():
     assert sweep_variants(params) == ["sir_m5", "sir_m50", "sir", "ld", "ld_t5"]
     params["sample"]["methods"] = ["ld"]  # SIR not run: its default M is a sweep sample
     params["sample"]["sir"]["num_proposals"] = 5
+    assert sweep_variants(params) == ["sir_m5", "sir_m50", "sir_m500", "ld", "ld_t5"]
+    # a sweep drawn with fewer images than the run's samples reuses none of them
+    params["paper"]["table8"]["num_samples"] = params["sample"]["num_samples"] // 2
+    assert sweep_variants(params) == ["sir_m5", "sir_m50", "sir_m500", "ld_t50", "ld_t5"]
+    params["paper"]["table8"]["num_samples"] = params["sample"]["num_samples"]
     assert sweep_variants(params) == ["sir_m5", "sir_m50", "sir_m500", "ld", "ld_t5"]
     assert sweep_variants(resolve_params({})) == []
 

@@ -95,6 +95,13 @@ def code(stage):
     return [path for path in STAGE_CODE[stage] if Path(path).exists()]
 
 
+def sweep_sample_count(wildcards):
+    """`--num-samples N` for a Table 8 setting when `paper.table8.num_samples` sets N, else nothing."""
+    count = experiment_params(wildcards)["paper"]["table8"]["num_samples"]
+    sweep_setting = wildcards.method.startswith(("sir_m", "ld_t"))
+    return f"--num-samples {count}" if sweep_setting and count else ""
+
+
 def params_json(stage):
     """The params sections `stage` reads, as the JSON passed to `ncp <stage> --params-json`."""
     return lambda wildcards: stage_params_json(experiment_params(wildcards), stage)

@@ -17,6 +17,7 @@ rule sample:
         method=r"base|sir|ld|sir_m\d+|ld_t\d+",
     params:
         cfg=params_json("sample"),
+        images=sweep_sample_count,
     resources:
         gpu=GPU_PER_JOB,
     conda:
@@ -27,4 +28,4 @@ rule sample:
         f"{RESULTS}/benchmarks/sample_{{method}}.tsv"
     shell:
         "ncp sample --params-json {params.cfg:q} --method {wildcards.method} --checkpoint {input.checkpoint} "
-        "--classifiers {input.classifiers} --out {output.samples} --grid {output.grid} > {log} 2>&1"
+        "--classifiers {input.classifiers} --out {output.samples} --grid {output.grid} {params.images} > {log} 2>&1"
