@@ -77,10 +77,14 @@ def groups_table(paper: dict, runs: Sequence[Run]) -> tuple[pd.DataFrame, list[s
         fid = run.summary()["fid"]
         entry = table.setdefault(run.num_groups(), {"groups": run.num_groups()})
         ncp = fid.get("ncp_sir") if fid.get("ncp_sir") is not None else fid.get("ncp_ld")
-        entry.update({"ours NVAE": fid.get("base"), "ours NCP-VAE": ncp,
+        spread = fid.get("fid_std", {})
+        entry.update({"ours NVAE": fid.get("base"), "ours NVAE ±": spread.get("base"), "ours NCP-VAE": ncp,
+                      "ours NCP-VAE ±": spread.get("sir" if fid.get("ncp_sir") is not None else "ld"),
                       "ours from": run.label})
-    columns = ["groups", "paper NVAE", "paper NCP-VAE", "ours NVAE", "ours NCP-VAE", "ours from"]
+    columns = ["groups", "paper NVAE", "paper NCP-VAE", "ours NVAE", "ours NVAE ±", "ours NCP-VAE", "ours NCP-VAE ±",
+               "ours from"]
     frame = pd.DataFrame([table[k] for k in sorted(table)]).reindex(columns=columns)
+    # ±: bootstrap spread of FID over the generated images (the paper reports none)
     missing = [f"{k} groups" for k in sorted(table) if pd.isna(frame.set_index("groups").loc[k, "ours NVAE"])]
     return frame, missing
 
@@ -104,11 +108,13 @@ def sampler_sweep_table(paper: dict, run: Run, variants: Sequence[str]) -> tuple
         protocol = {"memory_kind": sampling["memory_kind"], "num_samples": record["num_samples"],
                     "features": record["features"]}
         table.setdefault((sampler, steps), {"method": sampler, "steps": steps}).update({
-            "ours FID": next(iter(record["methods"].values()))["fid"], "ours 1 img (s)": sampling["time_1_s"],
+            "ours FID": next(iter(record["methods"].values()))["fid"],
+            "ours FID ±": next(iter(record["methods"].values())).get("fid_bootstrap_std"), "ours 1 img (s)": sampling["time_1_s"],
             "ours 10 img (s)": sampling["time_10_s"], "ours memory (GB)": sampling["peak_memory_10_bytes"] / 1e9})
     order = sorted(table, key=lambda key: (key[0] != "sir", key[1]))  # SIR rows first, as the paper
     columns = ["method", "steps"] + [f"{who} {what}" for who in ("paper", "ours")
                                      for what in ("FID", "1 img (s)", "10 img (s)", "memory (GB)")]
+    columns.insert(columns.index("ours FID") + 1, "ours FID ±")  # bootstrap spread; the paper reports none
     frame = pd.DataFrame([table[k] for k in order]).reindex(columns=columns)
     missing = [f"{m} {s}" for m, s in order if table[(m, s)].get("ours FID") is None]
     return frame, missing, protocol

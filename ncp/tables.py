@@ -41,6 +41,7 @@ def fid_summary(fid: dict) -> dict:
         "ncp_sir": methods.get("sir", {}).get("fid"),
         "ncp_ld": methods.get("ld", {}).get("fid"),
         "recon": methods.get("recon", {}).get("fid"),
+        "fid_std": {name: m.get("fid_bootstrap_std") for name, m in methods.items()},
         "kid": {name: m.get("kid") for name, m in methods.items()},
         "kid_std": {name: m.get("kid_std") for name, m in methods.items()},
         "features": fid["features"],
@@ -121,15 +122,19 @@ def write_table(frame: pd.DataFrame, title: str, protocol: list[str], stem: Path
 def results_frame(summary: dict) -> pd.DataFrame:
     """Base VAE vs NCP-VAE (and reconstructions) on every metric of this run."""
     fid, nll = summary["fid"], summary["nll"]
-    sampling = summary["sampling"]
-    rows = [
-        ("Base VAE (prior p)", fid["base"], fid["kid"].get("base"), nll["base"], sampling.get("base", {}).get("seconds_per_image")),
-        ("NCP-VAE, SIR", fid["ncp_sir"], fid["kid"].get("sir"), nll["ncp"], sampling.get("sir", {}).get("seconds_per_image")),
-    ]
+    sampling, spread = summary["sampling"], fid.get("fid_std", {})
+
+    def row(model, method, fid_value, nll_value, nll_se):
+        return (model, fid_value, spread.get(method), fid["kid"].get(method), nll_value, nll_se,
+                sampling.get(method, {}).get("seconds_per_image"))
+
+    rows = [row("Base VAE (prior p)", "base", fid["base"], nll["base"], nll.get("base_se")),
+            row("NCP-VAE, SIR", "sir", fid["ncp_sir"], nll["ncp"], nll.get("ncp_se"))]
     if fid.get("ncp_ld") is not None:
-        rows.append(("NCP-VAE, LD", fid["ncp_ld"], fid["kid"].get("ld"), nll["ncp"], sampling.get("ld", {}).get("seconds_per_image")))
-    rows.append(("Base VAE-Recon (q)", fid["recon"], fid["kid"].get("recon"), None, None))
-    return pd.DataFrame(rows, columns=["model", "FID", "KID", "NLL (nats)", "s / image"])
+        rows.append(row("NCP-VAE, LD", "ld", fid["ncp_ld"], nll["ncp"], nll.get("ncp_se")))
+    rows.append(row("Base VAE-Recon (q)", "recon", fid["recon"], None, None))
+    # ± columns: FID's bootstrap spread over the generated images; NLL's standard error over test images
+    return pd.DataFrame(rows, columns=["model", "FID", "FID ±", "KID", "NLL (nats)", "NLL ±", "s / image"])
 
 
 def plot_figure5(summary: dict, figures_dir: Path) -> None:

@@ -30,7 +30,8 @@ def _metrics(root, name, files):
 
 def _fid(**fids):
     return {"features": "domain (fake)", "feature_net": "lenet", "num_samples": 321, "num_reference": 9,
-            "bootstrap": 2, "methods": {m: {"fid": v, "kid": 0.1} for m, v in fids.items()}, "sampling": {}}
+            "bootstrap": 2, "methods": {m: {"fid": v, "kid": 0.1, "fid_bootstrap_std": v / 10} for m, v in fids.items()},
+            "sampling": {}}
 
 
 def _nll(base, ncp):
@@ -101,6 +102,7 @@ def test_table7_rows_are_the_union_of_paper_and_our_group_counts(tmp_path):
     rows, notes = _read_md(tmp_path / "table7.md")
     assert list(rows) == ["4", "6", "15", "30"]
     assert (float(rows["4"]["ours NVAE"]), float(rows["4"]["ours NCP-VAE"]), rows["4"]["ours from"]) == (40, 20, "main")
+    assert (float(rows["4"]["ours NVAE ±"]), float(rows["4"]["ours NCP-VAE ±"])) == (4, 2)  # the bootstrap spreads
     assert (float(rows["6"]["ours NVAE"]), float(rows["6"]["ours NCP-VAE"]), rows["6"]["ours from"]) == (35, 18, "groups_6")
     assert (float(rows["6"]["paper NVAE"]), float(rows["6"]["paper NCP-VAE"])) == (33.18, 18.68)
     assert float(rows["30"]["paper NCP-VAE"]) == 5.25
@@ -117,7 +119,8 @@ def test_table7_ncp_column_falls_back_to_ld(tmp_path):
 def test_table7_columns_do_not_depend_on_the_group_counts(tmp_path):
     run = _metrics(tmp_path, "main", {"fid.json": _fid(base=40.0, sir=20.0), **_groups(2)})
     frame, _ = paper_tables.groups_table(PAPER["table7"], [paper_tables.Run(run)])
-    assert list(frame.columns) == ["groups", "paper NVAE", "paper NCP-VAE", "ours NVAE", "ours NCP-VAE", "ours from"]
+    assert list(frame.columns) == ["groups", "paper NVAE", "paper NCP-VAE", "ours NVAE", "ours NVAE ±", "ours NCP-VAE",
+                                   "ours NCP-VAE ±", "ours from"]
 
 
 def _sweep_record(sampler, steps, fid, time_1, time_10, memory_bytes):
@@ -139,10 +142,12 @@ def test_table8_our_sweep_beside_the_papers(tmp_path):
     table = frame.set_index(["method", "steps"])
     assert list(table.index) == [("sir", 5), ("sir", 7), ("sir", 50), ("sir", 500), ("sir", 5000),
                                  ("ld", 5), ("ld", 50), ("ld", 500), ("ld", 1000)]  # SIR first, as the paper
-    assert list(frame.columns) == ["method", "steps"] + [f"{who} {what}" for who in ("paper", "ours")
-                                                          for what in ("FID", "1 img (s)", "10 img (s)", "memory (GB)")]
+    assert list(frame.columns) == ["method", "steps", "paper FID", "paper 1 img (s)", "paper 10 img (s)",
+                                   "paper memory (GB)", "ours FID", "ours FID ±", "ours 1 img (s)", "ours 10 img (s)",
+                                   "ours memory (GB)"]
     ours = ["ours FID", "ours 1 img (s)", "ours 10 img (s)", "ours memory (GB)"]
     assert list(table.loc[("sir", 5), ours]) == [25.0, 0.5, 1.5, 2.5]
+    assert table.loc[("sir", 5), "ours FID ±"] == 2.5  # the record's bootstrap spread
     assert list(table.loc[("sir", 50), ours]) == [21.0, 0.75, 2.25, 3.0]
     assert list(table.loc[("ld", 5), ours]) == [30.0, 1.25, 4.0, 0.5]
     assert list(table.loc[("sir", 5), ["paper FID", "paper 1 img (s)", "paper 10 img (s)", "paper memory (GB)"]]) \
