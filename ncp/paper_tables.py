@@ -29,6 +29,7 @@ class Run:
         self.label = self.metrics_dir.parent.name  # a sub-experiment's overlay name, or the experiment
 
     def read(self, name: str) -> Optional[dict]:
+        """The JSON metric file ``name`` (e.g. `fid.json`), or None where this run has none."""
         path = self.metrics_dir / name
         return read_json(path) if path.is_file() else None
 
@@ -38,6 +39,7 @@ class Run:
         return {"fid": fid_summary(fid) if fid else {}, "nll": nll_summary(nll) if nll else {}}
 
     def num_groups(self) -> int:
+        """Latent groups of the run: one classifier metrics file each."""
         return len(list((self.metrics_dir / "nce").glob("group_*.json")))
 
 

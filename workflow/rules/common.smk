@@ -17,12 +17,12 @@ def _cuda_available():
 validate(config, "../../ncp/params.schema.yaml")
 PARAMS = resolve_params(config)  # the same defaults and checks `ncp <stage>` applies
 MAIN = PARAMS["experiment"]
-# This run and the sub-experiments its paper tables gather (Tables 2 and 7; see ncp/study.py): every
-# rule below works for any of them through the {experiment} wildcard.
+# This run and the sub-experiments its paper tables gather (Tables 1, 2 and 7; see ncp/study.py): every
+# pipeline rule works for any of them through the {experiment} wildcard.
 EXPERIMENTS = {e.name: e for e in study_experiments(PARAMS)}
 RESULTS = "results/{experiment}"
 MAIN_RESULTS = f"results/{MAIN}"
-SAMPLE_METHODS = ["base"] + list(PARAMS["sample"]["methods"])
+SAMPLE_METHODS = ["base"] + list(PARAMS["sample"]["methods"])  # this run's
 NCP_METHOD = (SAMPLE_METHODS[1:] or ["base"])[0]  # the sampler Fig. 4 shows
 TABLE8_VARIANTS = sweep_variants(PARAMS)
 
@@ -33,6 +33,7 @@ wildcard_constraints:
 
 
 def experiment_params(wildcards):
+    """The resolved params of the wildcards' experiment."""
     return EXPERIMENTS[wildcards.experiment].params
 
 
@@ -63,7 +64,9 @@ def classifiers(wildcards):
 
 
 def samples(wildcards):
-    return expand(f"results/{wildcards.experiment}/samples/{{method}}.pt", method=SAMPLE_METHODS)
+    """The experiment's sample files: the base prior's and each of its NCP samplers'."""
+    methods = ["base"] + list(experiment_params(wildcards)["sample"]["methods"])
+    return expand(f"results/{wildcards.experiment}/samples/{{method}}.pt", method=methods)
 
 
 # Jobs that run on the GPU ask for one where a GPU will be used, so the profile's `gpu` resource caps
@@ -82,7 +85,7 @@ STAGE_CODE = {
     "cache-latents": _SHARED_CODE + _MODEL_CODE + ["ncp/cache_latents.py", "ncp/data/datasets.py"],
     "train-nce": _SHARED_CODE + _PRIOR_CODE + ["ncp/train_nce.py", "ncp/priors/nce.py"],
     "sample": _SHARED_CODE + _MODEL_CODE + _PRIOR_CODE
-    + ["ncp/sample.py", "ncp/samplers/sir.py", "ncp/samplers/langevin.py"],
+    + ["ncp/sample.py", "ncp/study.py", "ncp/samplers/sir.py", "ncp/samplers/langevin.py"],
     "evaluate": _SHARED_CODE + _MODEL_CODE + _PRIOR_CODE
     + ["ncp/evaluate.py", "ncp/data/datasets.py", "ncp/metrics/fid.py", "ncp/metrics/feature_nets.py",
        "ncp/metrics/mmd.py", "ncp/metrics/nll.py", "ncp/metrics/log_z.py", "ncp/metrics/neighbours.py"],
