@@ -221,7 +221,9 @@ class EvaluateConfig:
     fid_domain_epochs: int
     fid_reference_images: Optional[int]
     mmd_num_samples: int
+    mmd_num_q: Optional[int]
     mmd_pca_dim: int
+    mmd_bandwidth_scales: tuple[float, ...]
     nll_iw_samples: int
     nll_num_images: Optional[int]
     nll_batch_size: int
@@ -236,7 +238,9 @@ class EvaluateConfig:
             fid_domain_epochs=fid["domain_epochs"],
             fid_reference_images=fid["reference_images"],
             mmd_num_samples=mmd["num_samples"],
+            mmd_num_q=mmd["num_q"],
             mmd_pca_dim=mmd["pca_dim"],
+            mmd_bandwidth_scales=tuple(float(scale) for scale in mmd["bandwidth_scales"]),
             nll_iw_samples=nll["iw_samples"],
             nll_num_images=nll["num_images"],
             nll_batch_size=nll["batch_size"],

@@ -127,24 +127,51 @@ def evaluate_fid(cfg: ExperimentConfig, reference_path: Path, samples: Sequence[
 
 
 def evaluate_mmd(cfg: ExperimentConfig, latent_files: Sequence[Path], samples: Sequence[Path], out: Path) -> None:
-    """Per group: MMD^2(q, p) and MMD^2(q, p_NCP) with one shared median-heuristic bandwidth."""
+    """Per group: MMD^2(q, p) and MMD^2(q, p_NCP) at shared bandwidths, with standard errors (paper Table 9)."""
     by_method = {load_torch(path)["method"]: path for path in samples}
     ncp_method = "sir" if "sir" in by_method else next((m for m in by_method if m != "base"), None)
     if ncp_method is None or "base" not in by_method:
         raise ValueError("MMD needs the base prior's samples and one NCP sampler's samples")
     base, ncp = load_torch(by_method["base"]), load_torch(by_method[ncp_method])
-    n = cfg.evaluate.mmd_num_samples
+    ev, n = cfg.evaluate, cfg.evaluate.mmd_num_samples
+    held = min(len(base["latents"][0]), len(ncp["latents"][0]))
+    if held < n:
+        raise ValueError(f"evaluate.mmd.num_samples is {n} but the sample files hold {held} images: "
+                         f"raise sample.num_samples or lower evaluate.mmd.num_samples")
     per_group = []
     for k, path in enumerate(latent_files):
         z_q = load_torch(path)["z_q"].float()
         generator = torch.Generator().manual_seed(cfg.seed + k)
-        z_q = z_q[torch.randperm(len(z_q), generator=generator)[:n]]
+        z_q = z_q[torch.randperm(len(z_q), generator=generator)[: ev.mmd_num_q or len(z_q)]]
         result = latent_mmd(z_q, base["latents"][k][:n].float(), ncp["latents"][k][:n].float(),
-                            pca_dim=cfg.evaluate.mmd_pca_dim, seed=cfg.seed)
-        per_group.append({"group": k, "q_p": result.mmd2_q_p, "q_pncp": result.mmd2_q_ncp,
-                          "bandwidth": result.bandwidth, "dim": result.latent_dim, **result.to_dict()})
-    write_json({"num_samples": n, "ncp_method": ncp_method, "estimator": "unbiased MMD^2, Gaussian kernel",
+                            pca_dim=ev.mmd_pca_dim, bandwidth_scales=ev.mmd_bandwidth_scales, seed=cfg.seed)
+        headline = result.headline
+        per_group.append({"group": k, "dim": result.latent_dim, "bandwidth": headline["bandwidth"],
+                          "q_p": headline["mmd2_q_p"], "q_p_se": headline["mmd2_q_p_se"],
+                          "q_pncp": headline["mmd2_q_ncp"], "q_pncp_se": headline["mmd2_q_ncp_se"],
+                          "z_score": headline["z_score"], **result.to_dict()})
+    write_json({"num_samples": n, "num_q": per_group[0]["num_q"], "ncp_method": ncp_method,
+                "estimator": "unbiased MMD^2, Gaussian kernel",
+                "bandwidth": "median heuristic on pooled q and p, times each scale; the headline is scale 1",
+                "standard_error": "first-order (Hoeffding) plug-in, as Bounliphone et al. 2016; conservative where "
+                                  "two populations are the same distribution",
+                "z_score": "(MMD^2(q, p) - MMD^2(q, p_NCP)) / its standard error: > 2 means p_NCP is closer to q",
+                "ncp_closer": ncp_closer_counts(per_group),
                 "per_group": per_group}, out)
+
+
+def ncp_closer_counts(per_group: Sequence[dict]) -> dict[str, dict[str, int]]:
+    """Per bandwidth scale, over groups: MMD^2(q, p_NCP) below MMD^2(q, p) at all ("lower"), by more than two
+    standard errors ("closer"), and above it by more than two ("farther")."""
+    counts: dict[str, dict[str, int]] = {}
+    for group in per_group:
+        for entry in group["scales"]:
+            tally = counts.setdefault(f"{entry['scale']:g}", {"groups": 0, "lower": 0, "closer": 0, "farther": 0})
+            tally["groups"] += 1
+            tally["lower"] += entry["difference"] > 0
+            tally["closer"] += entry["z_score"] > 2
+            tally["farther"] += entry["z_score"] < -2
+    return counts
 
 
 def evaluate_nll(cfg: ExperimentConfig, checkpoint: Path, classifier_files: Sequence[Path], test_data: Path,

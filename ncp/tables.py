@@ -82,10 +82,13 @@ def build_summary(cfg: ExperimentConfig, metrics_dir: Path) -> dict:
         "nll": nll_summary(nll),
         "mmd": {
             "per_group": [
-                {k: g[k] for k in ("group", "q_p", "q_pncp", "bandwidth", "dim")} for g in mmd["per_group"]
+                {k: g.get(k) for k in ("group", "q_p", "q_p_se", "q_pncp", "q_pncp_se", "z_score", "bandwidth", "dim")}
+                for g in mmd["per_group"]
             ],
             "num_samples": mmd["num_samples"],
+            "num_q": mmd.get("num_q"),
             "ncp_method": mmd["ncp_method"],
+            "ncp_closer": mmd.get("ncp_closer"),
         },
         "nce": {
             "per_group": [

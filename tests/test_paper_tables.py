@@ -176,10 +176,32 @@ def test_table9_mmd_per_group(tmp_path):
     paper_tables.run("table9", _cfg(["table9"]), [main], [], tmp_path / "table9")
     rows, notes = _read_md(tmp_path / "table9.md")
     assert list(rows) == ["0", "1"]
-    assert [float(rows["1"][c]) for c in ("dim", "bandwidth", "q_p", "q_pncp")] == [64, 3, 0.125, 0.0625]
-    assert "77 samples per population" in notes[0] and "unbiased MMD^2" in notes[0] and "by sir" in notes[0]
-    assert notes[1].endswith("group 5: 0.002 / 0.002, group 10: 0.08 / 0.06, group 12: 0.08 / 0.07")
+    assert [float(rows["1"][c]) for c in ("dim", "scale", "bandwidth", "q_p", "q_pncp")] == [64, 1, 3, 0.125, 0.0625]
+    assert rows["1"]["q_p ±"] == rows["1"]["z"] == ""  # a file from before the errors: blank, not invented
+    assert "77 samples of p and of p_NCP (by sir), 77 of q" in notes[0] and "unbiased MMD^2" in notes[0]
+    assert notes[-1].endswith("group 5: 0.002 / 0.002, group 10: 0.08 / 0.06, group 12: 0.08 / 0.07")
     assert (tmp_path / "table9.tex").is_file()
+
+
+def test_table9_rows_per_bandwidth_scale_with_errors_and_tally(tmp_path):
+    def entry(scale, q_p, q_ncp, se):
+        return {"scale": scale, "bandwidth": 4 * scale, "mmd2_q_p": q_p, "mmd2_q_p_se": se, "mmd2_q_ncp": q_ncp,
+                "mmd2_q_ncp_se": se, "difference": q_p - q_ncp, "difference_se": se, "z_score": (q_p - q_ncp) / se}
+    per_group = [{"group": 0, "dim": 8, "scales": [entry(1.0, 0.5, 0.25, 0.0625), entry(0.5, 0.25, 0.375, 0.25)]}]
+    tally = {"1": {"groups": 1, "lower": 1, "closer": 1, "farther": 0},
+             "0.5": {"groups": 1, "lower": 0, "closer": 0, "farther": 0}}
+    main = _metrics(tmp_path, "main", {"mmd.json": {"num_samples": 50, "num_q": 900, "ncp_method": "ld",
+                                                    "estimator": "unbiased MMD^2", "ncp_closer": tally,
+                                                    "per_group": per_group}})
+    paper_tables.run("table9", _cfg(["table9"]), [main], [], tmp_path / "table9")
+    lines = [line for line in (tmp_path / "table9.md").read_text().splitlines() if line.startswith("|")][2:]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    assert [[float(c) for c in row] for row in cells] == [[0, 8, 1, 4, 0.5, 0.0625, 0.25, 0.0625, 4],
+                                                           [0, 8, 0.5, 2, 0.25, 0.25, 0.375, 0.25, -0.5]]
+    notes = _read_md(tmp_path / "table9.md")[1]
+    assert "50 samples of p and of p_NCP (by ld), 900 of q" in notes[0]
+    assert "- scale 1: q_pncp below q_p in 1 of 1 groups, by more than 2 standard errors in 1, above by more than 2 in 0" in notes
+    assert "- scale 0.5: q_pncp below q_p in 0 of 1 groups, by more than 2 standard errors in 0, above by more than 2 in 0" in notes
 
 
 def test_bad_table_name_or_no_runs_is_an_error(tmp_path):
