@@ -179,9 +179,11 @@ def test_ablation_overlays_name_their_experiments_and_set_the_swept_value():
             assert params["sample"]["sir"]["num_proposals"] == int(value) and params["sample"]["methods"] == ["sir"]
         elif kind == "ld_steps":
             assert params["sample"]["ld"]["num_steps"] == int(value) and params["sample"]["methods"] == ["ld"]
+        elif kind == "mmd_samples":
+            assert params["sample"]["num_samples"] == params["evaluate"]["mmd"]["num_samples"] == int(value)
         else:
             assert kind == "groups" and num_latent_groups(params["vae"]) == int(value), path
-    assert len(names) == len(set(names)) and len(names) == 22
+    assert len(names) == len(set(names)) and len(names) == 23
     assert {p.stem for p in _ablation_files()} >= {f"sir_proposals_{n}" for n in (5, 50, 500, 5000)} | {
         f"ld_steps_{n}" for n in (5, 50, 500, 1000)} | {"groups_6", "groups_15", "groups_30"}
 
