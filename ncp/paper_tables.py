@@ -144,8 +144,9 @@ def _mmd_notes(cfg: ExperimentConfig, mmd: dict, paper_rows: Sequence[dict]) -> 
     if "ncp_closer" in mmd:
         notes.append("± = standard error (first-order, Bounliphone et al. 2016); z = (q_p - q_pncp) / its standard "
                      "error, > 2: p_NCP closer to q than p is")
+        headline_first = sorted(mmd["ncp_closer"].items(), key=lambda item: -float(item[0]))
         notes += [f"scale {scale}: q_pncp below q_p in {t['lower']} of {t['groups']} groups, by more than 2 standard "
-                  f"errors in {t['closer']}, above by more than 2 in {t['farther']}" for scale, t in sorted(mmd["ncp_closer"].items(), key=lambda item: -float(item[0]))]
+                  f"errors in {t['closer']}, above by more than 2 in {t['farther']}" for scale, t in headline_first]
     notes.append("paper (CelebA-64, 5k samples): " + ", ".join(
         f"group {r['group']}: {r['q_p']} / {r['q_pncp']}" for r in paper_rows))
     return notes
