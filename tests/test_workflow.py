@@ -25,7 +25,7 @@ def test_dry_run_has_one_nce_job_per_latent_group(tmp_path):
     assert result.returncode == 0, result.stderr
     jobs = jobs_by_experiment(result.stdout)
     assert jobs[("train_nce", "default")] == 4  # params/default.yaml: 2 scales x 2 groups
-    # base prior and SIR (M=50, 2,000 images), plus Table 8's settings at 500 images each: SIR M=5, 50,
+    # base prior and SIR (M=50, 5,000 images), plus Table 8's settings at 500 images each: SIR M=5, 50,
     # 200 and LD 5, 25 steps
     assert jobs[("sample", "default")] == 7 and jobs[("evaluate_fid_setting", "default")] == 5
     assert jobs[("train_vae", "default")] == 1 and jobs[("tables", "")] == 1
