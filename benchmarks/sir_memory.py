@@ -50,7 +50,9 @@ def measure(args: argparse.Namespace, num_proposals: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="results/default/vae/checkpoint.pt")
-    parser.add_argument("--classifiers", nargs="+", default=[f"results/default/nce/group_{k}.pt" for k in range(4)])
+    parser.add_argument(
+        "--classifiers", nargs="+", default=[f"results/default/nce/group_{k}.pt" for k in range(4)]
+    )
     parser.add_argument("--proposals", type=int, nargs="+", default=[50, 500, 5000])
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--chunk-size", type=int, default=50)
@@ -62,9 +64,22 @@ def main() -> None:
         return
     print(f"{'M':>6} {'seconds':>9} {'peak RSS MiB':>13} {'peak CUDA MiB':>14}")
     for m in args.proposals:
-        command = [sys.executable, __file__, "--one", str(m), "--checkpoint", args.checkpoint, "--classifiers",
-                   *args.classifiers, "--images", str(args.images), "--chunk-size", str(args.chunk_size),
-                   "--device", args.device]
+        command = [
+            sys.executable,
+            __file__,
+            "--one",
+            str(m),
+            "--checkpoint",
+            args.checkpoint,
+            "--classifiers",
+            *args.classifiers,
+            "--images",
+            str(args.images),
+            "--chunk-size",
+            str(args.chunk_size),
+            "--device",
+            args.device,
+        ]
         row = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
         cuda = "-" if row["peak_cuda_mib"] is None else f"{row['peak_cuda_mib']:.1f}"
         print(f"{m:>6} {row['seconds']:>9.2f} {row['peak_rss_mib']:>13.1f} {cuda:>14}")

@@ -23,7 +23,9 @@ from ncp.runtime import atomic_save, pick_device, seed_everything
 @torch.no_grad()
 def collect_group_samples(model, batches, dtype: torch.dtype) -> list[dict[str, torch.Tensor]]:
     """Run the frozen VAE over ``batches``; return per group {'z_q', 'z_p', 'context'?} on the CPU."""
-    per_group: list[dict[str, list[torch.Tensor]]] = [dict(z_q=[], z_p=[], context=[]) for _ in range(model.num_groups)]
+    per_group: list[dict[str, list[torch.Tensor]]] = [
+        dict(z_q=[], z_p=[], context=[]) for _ in range(model.num_groups)
+    ]
     for x in batches:
         output = model(x, noise_scale=1.0)
         for k in range(model.num_groups):
@@ -34,13 +36,17 @@ def collect_group_samples(model, batches, dtype: torch.dtype) -> list[dict[str, 
     return [{name: torch.cat(parts) for name, parts in group.items() if parts} for group in per_group]
 
 
-def run(cache: CacheConfig, seed: int, device: str, checkpoint: Path, train_data: Path, out_files: list[Path]) -> None:
+def run(
+    cache: CacheConfig, seed: int, device: str, checkpoint: Path, train_data: Path, out_files: list[Path]
+) -> None:
     """Encode the training images and write one latent file per group (``out_files[k]``)."""
     torch_device = pick_device(device)
     generator = seed_everything(seed + 1)
     model = load_vae_checkpoint(checkpoint, torch_device)
     if len(out_files) != model.num_groups:
-        raise ValueError(f"the VAE has {model.num_groups} latent groups but {len(out_files)} output files were asked for")
+        raise ValueError(
+            f"the VAE has {model.num_groups} latent groups but {len(out_files)} output files were asked for"
+        )
     train_set = load_image_set(train_data)
     if cache.num_images is not None:
         train_set = train_set.subset(cache.num_images)
@@ -51,6 +57,8 @@ def run(cache: CacheConfig, seed: int, device: str, checkpoint: Path, train_data
                 yield x.to(torch_device)
 
     total = cache.passes * -(-len(train_set.images) // cache.batch_size)
-    groups = collect_group_samples(model, tqdm(batches(), total=total, desc="cache-latents"), getattr(torch, cache.dtype))
+    groups = collect_group_samples(
+        model, tqdm(batches(), total=total, desc="cache-latents"), getattr(torch, cache.dtype)
+    )
     for k, (group, path) in enumerate(zip(groups, out_files)):
         atomic_save({"group": k, **group}, path)

@@ -18,7 +18,9 @@ from ncp.config import ConfigError, ExperimentConfig, load_params_files, resolve
 
 def _add_params(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--params", nargs="+", type=Path, default=None, help="params YAML files, later overlaying earlier")
+    group.add_argument(
+        "--params", nargs="+", type=Path, default=None, help="params YAML files, later overlaying earlier"
+    )
     group.add_argument("--params-json", default=None, help="params as JSON (what Snakemake passes)")
 
 
@@ -27,7 +29,9 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
         try:
             params = json.loads(args.params_json)
         except json.JSONDecodeError as error:
-            raise ConfigError(f"--params-json is not valid JSON: {error.msg} at character {error.pos}") from None
+            raise ConfigError(
+                f"--params-json is not valid JSON: {error.msg} at character {error.pos}"
+            ) from None
         return ExperimentConfig.from_params(params)
     if args.params:
         return ExperimentConfig.from_params(load_params_files(args.params))
@@ -35,10 +39,14 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ncp", description="NCP-VAE stages (see the README and the Snakefile).")
+    parser = argparse.ArgumentParser(
+        prog="ncp", description="NCP-VAE stages (see the README and the Snakefile)."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
     commands.add_parser("export-dvc", help="generate dvc.yaml from the Snakemake job graph (see --help)")
-    commands.add_parser("sync", help="after dvc checkout, make Snakemake agree nothing must rerun (see --help)")
+    commands.add_parser(
+        "sync", help="after dvc checkout, make Snakemake agree nothing must rerun (see --help)"
+    )
 
     p = commands.add_parser("prepare-data", help="load a dataset by name and write its train/test splits")
     _add_params(p)
@@ -70,7 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--classifiers", type=Path, nargs="*", default=[])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--grid", type=Path, required=True)
-    p.add_argument("--num-samples", type=int, default=None, help="images to draw (default: sample.num_samples)")
+    p.add_argument(
+        "--num-samples", type=int, default=None, help="images to draw (default: sample.num_samples)"
+    )
 
     p = commands.add_parser("evaluate", help="stage 4: FID features, FID/KID, MMD, NLL")
     p.add_argument("metric", choices=["features", "fid", "mmd", "nll", "neighbours"])
@@ -78,7 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path)
     p.add_argument("--train-data", type=Path)
     p.add_argument("--test-data", type=Path)
-    p.add_argument("--features", type=Path, help="reference features from `evaluate features` (network.pt beside it)")
+    p.add_argument(
+        "--features", type=Path, help="reference features from `evaluate features` (network.pt beside it)"
+    )
     p.add_argument("--samples", type=Path, nargs="*", default=[])
     p.add_argument("--latents", type=Path, nargs="*", default=[])
     p.add_argument("--classifiers", type=Path, nargs="*", default=[])
@@ -94,12 +106,21 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser("paper-table", help="stage 5: one of the paper's tables, ours beside the paper's")
     _add_params(p)
     p.add_argument("table", help="table1 ... table9")
-    p.add_argument("--runs", type=Path, nargs="+", required=True,
-                   help="metrics folders of the runs that supply rows: this run's first, then its sub-experiments'")
-    p.add_argument("--variants", nargs="*", default=[], help="Table 8: the sampling settings swept (e.g. sir_m500)")
+    p.add_argument(
+        "--runs",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="metrics folders of the runs that supply rows: this run's first, then its sub-experiments'",
+    )
+    p.add_argument(
+        "--variants", nargs="*", default=[], help="Table 8: the sampling settings swept (e.g. sir_m500)"
+    )
     p.add_argument("--out", type=Path, required=True, help="the .md file; the .tex is written beside it")
 
-    p = commands.add_parser("import-nvae", help="convert an official NVAE checkpoint to this project's format")
+    p = commands.add_parser(
+        "import-nvae", help="convert an official NVAE checkpoint to this project's format"
+    )
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     return parser
@@ -147,14 +168,32 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif command == "sample":
         from ncp import sample
 
-        sample.run(cfg.sample, args.method, cfg.seed, cfg.device, args.checkpoint, args.classifiers, args.out, args.grid,
-                   args.num_samples)
+        sample.run(
+            cfg.sample,
+            args.method,
+            cfg.seed,
+            cfg.device,
+            args.checkpoint,
+            args.classifiers,
+            args.out,
+            args.grid,
+            args.num_samples,
+        )
     elif command == "evaluate":
         from ncp import evaluate
 
-        evaluate.run(args.metric, cfg, out=args.out, checkpoint=args.checkpoint, train_data=args.train_data,
-                     test_data=args.test_data, features=args.features, samples=args.samples, latents=args.latents,
-                     classifiers=args.classifiers)
+        evaluate.run(
+            args.metric,
+            cfg,
+            out=args.out,
+            checkpoint=args.checkpoint,
+            train_data=args.train_data,
+            test_data=args.test_data,
+            features=args.features,
+            samples=args.samples,
+            latents=args.latents,
+            classifiers=args.classifiers,
+        )
     elif command == "tables":
         from ncp import tables
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 import jsonschema
 import yaml
@@ -116,8 +117,8 @@ class DataConfig:
     name: str
     root: str
     download: bool
-    train_limit: Optional[int]
-    test_limit: Optional[int]
+    train_limit: int | None
+    test_limit: int | None
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ class VAETrainConfig:
     kl_const_coeff: float
     kl_balance: bool
     weight_decay_norm: float
-    grad_clip: Optional[float]
+    grad_clip: float | None
     checkpoint_every: int
     num_processes: int
 
@@ -146,7 +147,7 @@ class VAEConfig:
     """Which backbone, its architecture arguments, and how to train it."""
 
     arch: str
-    init_checkpoint: Optional[str]
+    init_checkpoint: str | None
     nvae: dict
     mlp: dict
     conv: dict
@@ -155,7 +156,7 @@ class VAEConfig:
     train: VAETrainConfig
 
     @classmethod
-    def from_section(cls, section: dict) -> "VAEConfig":
+    def from_section(cls, section: dict) -> VAEConfig:
         values = dict(section)
         values["train"] = _build(VAETrainConfig, section["train"])
         return _build(cls, values)
@@ -165,7 +166,7 @@ class VAEConfig:
 class CacheConfig:
     """How many (z_q, z_p, context) triples stage 2 learns from."""
 
-    num_images: Optional[int]
+    num_images: int | None
     passes: int
     batch_size: int
     dtype: str
@@ -199,7 +200,7 @@ class SampleConfig:
     grid_size: int
 
     @classmethod
-    def from_section(cls, section: dict) -> "SampleConfig":
+    def from_section(cls, section: dict) -> SampleConfig:
         return cls(
             num_samples=section["num_samples"],
             batch_size=section["batch_size"],
@@ -219,19 +220,19 @@ class EvaluateConfig:
 
     fid_features: str
     fid_domain_epochs: int
-    fid_reference_images: Optional[int]
+    fid_reference_images: int | None
     mmd_num_samples: int
-    mmd_num_q: Optional[int]
+    mmd_num_q: int | None
     mmd_pca_dim: int
     mmd_bandwidth_scales: tuple[float, ...]
     nll_iw_samples: int
-    nll_num_images: Optional[int]
+    nll_num_images: int | None
     nll_batch_size: int
     log_z_samples: int
     neighbours: dict  # Fig. 4: num_queries, num_neighbours, resize, crop
 
     @classmethod
-    def from_section(cls, section: dict) -> "EvaluateConfig":
+    def from_section(cls, section: dict) -> EvaluateConfig:
         fid, mmd, nll = section["fid"], section["mmd"], section["nll"]
         return cls(
             fid_features=fid["features"],
@@ -257,7 +258,7 @@ class ExperimentConfig:
     seed: int
     device: str
     paper_tables: tuple[str, ...]
-    paper_row: Optional[str]
+    paper_row: str | None
     paper: dict  # the whole `paper` section: tables, row, sub-experiments, Table 8's sweep
     data: DataConfig
     vae: VAEConfig
@@ -267,7 +268,7 @@ class ExperimentConfig:
     evaluate: EvaluateConfig
 
     @classmethod
-    def from_params(cls, params: dict) -> "ExperimentConfig":
+    def from_params(cls, params: dict) -> ExperimentConfig:
         """Build from a params dict (defaults are filled and values validated first)."""
         params = resolve_params(params)
         return cls(

@@ -70,7 +70,9 @@ def setup_process_group(requested_device: str = "auto") -> torch.device:
         torch.cuda.set_device(device)
     if not is_distributed():
         if device.type == "cuda":  # device_id binds NCCL's communicator (and barriers) to this GPU
-            dist.init_process_group("nccl", init_method="env://", timeout=COLLECTIVE_TIMEOUT, device_id=device)
+            dist.init_process_group(
+                "nccl", init_method="env://", timeout=COLLECTIVE_TIMEOUT, device_id=device
+            )
         else:
             dist.init_process_group("gloo", init_method="env://", timeout=COLLECTIVE_TIMEOUT)
     return device
@@ -95,7 +97,9 @@ def split_batch_order(order: Tensor, batch_size: int, num_processes: int) -> Ten
     batch is dropped, so every process takes the same number of steps (as drop_last does on one).
     """
     if batch_size < 1 or num_processes < 1:
-        raise ValueError(f"batch_size and num_processes must be positive; got {batch_size} and {num_processes}")
+        raise ValueError(
+            f"batch_size and num_processes must be positive; got {batch_size} and {num_processes}"
+        )
     global_batch = batch_size * num_processes
     num_steps = len(order) // global_batch
     return order[: num_steps * global_batch].reshape(num_steps, num_processes, batch_size)
@@ -139,7 +143,9 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
             sync_type = nn.SyncBatchNorm
         else:
             raise ValueError(f"cannot synchronise BatchNorm subclass {type(child).__name__} (at {name!r})")
-        replacement = sync_type(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+        replacement = sync_type(
+            child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+        )
         replacement.load_state_dict(child.state_dict())
         replacement.train(child.training)
         setattr(module, name, replacement)
@@ -177,8 +183,15 @@ def relaunch_under_torchrun(num_processes: int, cli_args: list[str]) -> None:
     if num_processes < 1:
         raise ValueError(f"num_processes must be positive; got {num_processes}")
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(num_processes),
-        "-m", "ncp.cli", *cli_args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(num_processes),
+        "-m",
+        "ncp.cli",
+        *cli_args,
     ]
     # The processes must import this same ncp package, whatever their working directory.
     package_root = str(Path(__file__).resolve().parents[1])

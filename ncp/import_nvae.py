@@ -22,6 +22,8 @@ def run(checkpoint: Path, out: Path) -> None:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:
         first_line = str(error).splitlines()[0]
-        raise ValueError(f"{checkpoint}: weights do not fit the NVAE its args describe ({first_line})") from None
+        raise ValueError(
+            f"{checkpoint}: weights do not fit the NVAE its args describe ({first_line})"
+        ) from None
     save_vae_checkpoint(model, "nvae", model.args, out, imported_from=str(checkpoint))
     print(f"imported NVAE with {model.num_groups} latent groups from {checkpoint} -> {out}")

@@ -9,8 +9,8 @@ Table 8 is FID, time and memory against SIR proposals and LD iterations; Table 9
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import pandas as pd
 
@@ -28,7 +28,7 @@ class Run:
         self.metrics_dir = Path(metrics_dir)
         self.label = self.metrics_dir.parent.name  # a sub-experiment's overlay name, or the experiment
 
-    def read(self, name: str) -> Optional[dict]:
+    def read(self, name: str) -> dict | None:
         """The JSON metric file ``name`` (e.g. `fid.json`), or None where this run has none."""
         path = self.metrics_dir / name
         return read_json(path) if path.is_file() else None
@@ -44,11 +44,15 @@ class Run:
 
 
 def _notes(cfg: ExperimentConfig, runs: Sequence[Run], missing: list[str]) -> list[str]:
-    notes = [f"ours: experiment `{cfg.experiment}`" + (f" and sub-experiments {', '.join(r.label for r in runs[1:])}"
-                                                      if len(runs) > 1 else "")
-             + "; samples at temperature 1; the paper's setting differs unless the params are the paper's"]
+    notes = [
+        f"ours: experiment `{cfg.experiment}`"
+        + (f" and sub-experiments {', '.join(r.label for r in runs[1:])}" if len(runs) > 1 else "")
+        + "; samples at temperature 1; the paper's setting differs unless the params are the paper's"
+    ]
     if missing:
-        notes.append("rows without a figure of ours (other models, or runs not made here): " + ", ".join(missing))
+        notes.append(
+            "rows without a figure of ours (other models, or runs not made here): " + ", ".join(missing)
+        )
     return notes
 
 
@@ -62,9 +66,15 @@ def comparison_table(paper: dict, runs: Sequence[Run], own_rows: bool) -> tuple[
     for row in paper["rows"]:
         source = by_label.get(row["run"]) if "run" in row else default_source
         ours = lookup(source.summary(), row.get("ours")) if source is not None else None
-        rows.append({"model": row["model"], "paper": row["value"], "ours": ours,
-                     "ours - paper": None if ours is None else ours - row["value"],
-                     "ours from": source.label if ours is not None else ""})
+        rows.append(
+            {
+                "model": row["model"],
+                "paper": row["value"],
+                "ours": ours,
+                "ours - paper": None if ours is None else ours - row["value"],
+                "ours from": source.label if ours is not None else "",
+            }
+        )
         if ours is None:
             missing.append(row["model"])
     return pd.DataFrame(rows), missing
@@ -74,31 +84,56 @@ def groups_table(paper: dict, runs: Sequence[Run]) -> tuple[pd.DataFrame, list[s
     """Table 7: FID of the base prior and of NCP against the number of latent groups."""
     table: dict[int, dict] = {}
     for row in paper["rows"]:
-        table[row["groups"]] = {"groups": row["groups"], "paper NVAE": row["NVAE"], "paper NCP-VAE": row["NCP-VAE"]}
+        table[row["groups"]] = {
+            "groups": row["groups"],
+            "paper NVAE": row["NVAE"],
+            "paper NCP-VAE": row["NCP-VAE"],
+        }
     for run in runs:
         fid = run.summary()["fid"]
         entry = table.setdefault(run.num_groups(), {"groups": run.num_groups()})
         ncp = fid.get("ncp_sir") if fid.get("ncp_sir") is not None else fid.get("ncp_ld")
         spread = fid.get("fid_std", {})
-        entry.update({"ours NVAE": fid.get("base"), "ours NVAE ±": spread.get("base"), "ours NCP-VAE": ncp,
-                      "ours NCP-VAE ±": spread.get("sir" if fid.get("ncp_sir") is not None else "ld"),
-                      "ours from": run.label})
-    columns = ["groups", "paper NVAE", "paper NCP-VAE", "ours NVAE", "ours NVAE ±", "ours NCP-VAE", "ours NCP-VAE ±",
-               "ours from"]
+        entry.update(
+            {
+                "ours NVAE": fid.get("base"),
+                "ours NVAE ±": spread.get("base"),
+                "ours NCP-VAE": ncp,
+                "ours NCP-VAE ±": spread.get("sir" if fid.get("ncp_sir") is not None else "ld"),
+                "ours from": run.label,
+            }
+        )
+    columns = [
+        "groups",
+        "paper NVAE",
+        "paper NCP-VAE",
+        "ours NVAE",
+        "ours NVAE ±",
+        "ours NCP-VAE",
+        "ours NCP-VAE ±",
+        "ours from",
+    ]
     frame = pd.DataFrame([table[k] for k in sorted(table)]).reindex(columns=columns)
     # ±: bootstrap spread of FID over the generated images (the paper reports none)
     missing = [f"{k} groups" for k in sorted(table) if pd.isna(frame.set_index("groups").loc[k, "ours NVAE"])]
     return frame, missing
 
 
-def sampler_sweep_table(paper: dict, run: Run, variants: Sequence[str]) -> tuple[pd.DataFrame, list[str], dict]:
+def sampler_sweep_table(
+    paper: dict, run: Run, variants: Sequence[str]
+) -> tuple[pd.DataFrame, list[str], dict]:
     """Table 8: FID, time for 1 and 10 images and peak memory per SIR / LD setting; also the protocol
     (memory kind, sample count, feature network) the settings' records share."""
     table: dict[tuple[str, int], dict] = {}
     for row in paper["rows"]:
         table[(row["method"], row["steps"])] = {
-            "method": row["method"], "steps": row["steps"], "paper FID": row["FID"], "paper 1 img (s)": row["time_1_s"],
-            "paper 10 img (s)": row["time_10_s"], "paper memory (GB)": row["memory_gb"]}
+            "method": row["method"],
+            "steps": row["steps"],
+            "paper FID": row["FID"],
+            "paper 1 img (s)": row["time_1_s"],
+            "paper 10 img (s)": row["time_10_s"],
+            "paper memory (GB)": row["memory_gb"],
+        }
     protocol = {}
     for variant in variants:
         record = run.read(f"fid/{variant}.json")
@@ -107,16 +142,27 @@ def sampler_sweep_table(paper: dict, run: Run, variants: Sequence[str]) -> tuple
         sampling = next(iter(record["sampling"].values()))
         sampler = sampling["sampler"]
         steps = sampling["setting"]["num_proposals" if sampler == "sir" else "num_steps"]
-        protocol = {"memory_kind": sampling["memory_kind"], "num_samples": record["num_samples"],
-                    "features": record["features"]}
+        protocol = {
+            "memory_kind": sampling["memory_kind"],
+            "num_samples": record["num_samples"],
+            "features": record["features"],
+        }
         scored = next(iter(record["methods"].values()))  # the one method a setting's FID file holds
-        table.setdefault((sampler, steps), {"method": sampler, "steps": steps}).update({
-            "ours FID": scored["fid"], "ours FID ±": scored.get("fid_bootstrap_std"),
-            "ours 1 img (s)": sampling["time_1_s"], "ours 10 img (s)": sampling["time_10_s"],
-            "ours memory (GB)": sampling["peak_memory_10_bytes"] / 1e9})
+        table.setdefault((sampler, steps), {"method": sampler, "steps": steps}).update(
+            {
+                "ours FID": scored["fid"],
+                "ours FID ±": scored.get("fid_bootstrap_std"),
+                "ours 1 img (s)": sampling["time_1_s"],
+                "ours 10 img (s)": sampling["time_10_s"],
+                "ours memory (GB)": sampling["peak_memory_10_bytes"] / 1e9,
+            }
+        )
     order = sorted(table, key=lambda key: (key[0] != "sir", key[1]))  # SIR rows first, as the paper
-    columns = ["method", "steps"] + [f"{who} {what}" for who in ("paper", "ours")
-                                     for what in ("FID", "1 img (s)", "10 img (s)", "memory (GB)")]
+    columns = ["method", "steps"] + [
+        f"{who} {what}"
+        for who in ("paper", "ours")
+        for what in ("FID", "1 img (s)", "10 img (s)", "memory (GB)")
+    ]
     columns.insert(columns.index("ours FID") + 1, "ours FID ±")  # bootstrap spread; the paper reports none
     frame = pd.DataFrame([table[k] for k in order]).reindex(columns=columns)
     missing = [f"{m} {s}" for m, s in order if table[(m, s)].get("ours FID") is None]
@@ -127,33 +173,59 @@ def mmd_table(run: Run) -> pd.DataFrame:
     """Table 9 for this run: MMD^2 of q against p and against p_NCP, per group and bandwidth scale, with errors."""
     rows = []
     for group in run.read("mmd.json")["per_group"]:
-        scales = group.get("scales") or [{"scale": 1.0, "bandwidth": group["bandwidth"], "mmd2_q_p": group["q_p"],
-                                          "mmd2_q_ncp": group["q_pncp"]}]  # files written before the errors existed
+        scales = group.get("scales") or [
+            {
+                "scale": 1.0,
+                "bandwidth": group["bandwidth"],
+                "mmd2_q_p": group["q_p"],
+                "mmd2_q_ncp": group["q_pncp"],
+            }
+        ]  # files written before the errors existed
         for entry in scales:
-            rows.append({"group": group["group"], "dim": group["dim"], "scale": entry["scale"],
-                         "bandwidth": entry["bandwidth"], "q_p": entry["mmd2_q_p"], "q_p ±": entry.get("mmd2_q_p_se"),
-                         "q_pncp": entry["mmd2_q_ncp"], "q_pncp ±": entry.get("mmd2_q_ncp_se"),
-                         "z": entry.get("z_score")})
+            rows.append(
+                {
+                    "group": group["group"],
+                    "dim": group["dim"],
+                    "scale": entry["scale"],
+                    "bandwidth": entry["bandwidth"],
+                    "q_p": entry["mmd2_q_p"],
+                    "q_p ±": entry.get("mmd2_q_p_se"),
+                    "q_pncp": entry["mmd2_q_ncp"],
+                    "q_pncp ±": entry.get("mmd2_q_ncp_se"),
+                    "z": entry.get("z_score"),
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def _mmd_notes(cfg: ExperimentConfig, mmd: dict, paper_rows: Sequence[dict]) -> list[str]:
     """Table 9's protocol lines: sample counts, estimator, errors, and the per-scale tally of groups."""
-    notes = [f"ours: experiment `{cfg.experiment}`, {mmd['num_samples']} samples of p and of p_NCP "
-             f"(by {mmd['ncp_method']}), {mmd.get('num_q', mmd['num_samples'])} of q per group; {mmd['estimator']}; "
-             "bandwidth = scale x the median heuristic, shared by both columns"]
+    notes = [
+        f"ours: experiment `{cfg.experiment}`, {mmd['num_samples']} samples of p and of p_NCP "
+        f"(by {mmd['ncp_method']}), {mmd.get('num_q', mmd['num_samples'])} of q per group; {mmd['estimator']}; "
+        "bandwidth = scale x the median heuristic, shared by both columns"
+    ]
     if "ncp_closer" in mmd:
-        notes.append("± = standard error (first-order, Bounliphone et al. 2016); z = (q_p - q_pncp) / its standard "
-                     "error, > 2: p_NCP closer to q than p is")
+        notes.append(
+            "± = standard error (first-order, Bounliphone et al. 2016); z = (q_p - q_pncp) / its standard "
+            "error, > 2: p_NCP closer to q than p is"
+        )
         headline_first = sorted(mmd["ncp_closer"].items(), key=lambda item: -float(item[0]))
-        notes += [f"scale {scale}: q_pncp below q_p in {t['lower']} of {t['groups']} groups, by more than 2 standard "
-                  f"errors in {t['closer']}, above by more than 2 in {t['farther']}" for scale, t in headline_first]
-    notes.append("paper (CelebA-64, 5k samples): " + ", ".join(
-        f"group {r['group']}: {r['q_p']} / {r['q_pncp']}" for r in paper_rows))
+        notes += [
+            f"scale {scale}: q_pncp below q_p in {t['lower']} of {t['groups']} groups, by more than 2 standard "
+            f"errors in {t['closer']}, above by more than 2 in {t['farther']}"
+            for scale, t in headline_first
+        ]
+    notes.append(
+        "paper (CelebA-64, 5k samples): "
+        + ", ".join(f"group {r['group']}: {r['q_p']} / {r['q_pncp']}" for r in paper_rows)
+    )
     return notes
 
 
-def run(name: str, cfg: ExperimentConfig, metrics_dirs: Sequence[Path], variants: Sequence[str], out_stem: Path) -> None:
+def run(
+    name: str, cfg: ExperimentConfig, metrics_dirs: Sequence[Path], variants: Sequence[str], out_stem: Path
+) -> None:
     """Write <out_stem>.md and .tex for paper table ``name`` from the runs' metric folders (this run first)."""
     paper = paper_results()["tables"]
     if name not in paper:
@@ -167,13 +239,16 @@ def run(name: str, cfg: ExperimentConfig, metrics_dirs: Sequence[Path], variants
         notes = _notes(cfg, runs, missing)
     elif name == "table7":
         frame, missing = groups_table(spec, runs)
-        notes = _notes(cfg, runs, missing) + ["the paper's groups are on CelebA-64; ours are those this study ran"]
+        notes = _notes(cfg, runs, missing) + [
+            "the paper's groups are on CelebA-64; ours are those this study ran"
+        ]
     elif name == "table8":
         frame, missing, protocol = sampler_sweep_table(spec, runs[0], variants)
         notes = _notes(cfg, runs, missing) + [
             f"ours: one VAE and one set of classifiers for every setting; FID from {protocol.get('num_samples')} samples "
             f"({protocol.get('features')}); times are wall seconds to draw a batch of 1 and of 10 images after a "
-            f"warm-up draw; memory: {protocol.get('memory_kind')} after the 10-image batch (the paper: GPU memory)"]
+            f"warm-up draw; memory: {protocol.get('memory_kind')} after the 10-image batch (the paper: GPU memory)"
+        ]
     elif name == "table9":
         frame = mmd_table(runs[0])
         notes = _mmd_notes(cfg, runs[0].read("mmd.json"), spec["rows"])

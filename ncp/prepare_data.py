@@ -16,7 +16,14 @@ def run(data: DataConfig, seed: int, train_out: Path, test_out: Path) -> None:
     """Write ``train_out`` and ``test_out`` for the configured dataset."""
     # The "test" output is the split the paper evaluates on (CelebA-64: NVAE's validation split).
     test_split = evaluation_split(data.name)
-    for split, limit, out in (("train", data.train_limit, train_out), (test_split, data.test_limit, test_out)):
-        image_set = load_dataset(data.name, root=data.root, split=split, limit=limit, seed=seed, download=data.download)
+    for split, limit, out in (
+        ("train", data.train_limit, train_out),
+        (test_split, data.test_limit, test_out),
+    ):
+        image_set = load_dataset(
+            data.name, root=data.root, split=split, limit=limit, seed=seed, download=data.download
+        )
         save_image_set(image_set, out)
-        print(f"{data.name}/{split}: {len(image_set.images)} images of shape {tuple(image_set.images.shape[1:])} -> {out}")
+        print(
+            f"{data.name}/{split}: {len(image_set.images)} images of shape {tuple(image_set.images.shape[1:])} -> {out}"
+        )

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 from torchvision.utils import save_image
@@ -61,7 +61,9 @@ def qualitative_grid(model, choose, sample: SampleConfig) -> torch.Tensor:
     model = copy.deepcopy(model)
     if isinstance(model, NVAE):
         with torch.no_grad():
-            readjust_batchnorm(model, sample.temperature, num_passes=100, batch_size=min(64, sample.batch_size))
+            readjust_batchnorm(
+                model, sample.temperature, num_passes=100, batch_size=min(64, sample.batch_size)
+            )
     return draw_samples(model, choose, sample.grid_size, sample.batch_size, sample.temperature)["images"]
 
 
@@ -91,8 +93,17 @@ def time_small_batches(model, choose, device: torch.device, sizes=(1, 10)) -> di
     return timings
 
 
-def run(sample: SampleConfig, method: str, seed: int, device: str, checkpoint: Path,
-        classifier_files: Sequence[Path], out: Path, grid_out: Path, num_samples: Optional[int] = None) -> None:
+def run(
+    sample: SampleConfig,
+    method: str,
+    seed: int,
+    device: str,
+    checkpoint: Path,
+    classifier_files: Sequence[Path],
+    out: Path,
+    grid_out: Path,
+    num_samples: int | None = None,
+) -> None:
     """Draw ``sample.num_samples`` (or ``num_samples``) images with ``method`` (base, sir, ld, or a Table 8
     setting such as sir_m500) and write them, their timings and a grid."""
     sampler, overrides = parse_variant(method)
@@ -110,15 +121,27 @@ def run(sample: SampleConfig, method: str, seed: int, device: str, checkpoint: P
     started = time.perf_counter()
     drawn = draw_samples(model, choose, sample.num_samples, sample.batch_size)
     seconds = time.perf_counter() - started
-    diagnostics = {str(k): asdict(stats) for k, stats in choose.diagnostics().items()} if sampler == "sir" else {}
-    setting = {"sir": {"num_proposals": sample.sir_num_proposals},
-               "ld": {"num_steps": sample.ld_num_steps, "step_size": sample.ld_step_size}}.get(sampler, {})
+    diagnostics = (
+        {str(k): asdict(stats) for k, stats in choose.diagnostics().items()} if sampler == "sir" else {}
+    )
+    setting = {
+        "sir": {"num_proposals": sample.sir_num_proposals},
+        "ld": {"num_steps": sample.ld_num_steps, "step_size": sample.ld_step_size},
+    }.get(sampler, {})
     atomic_save(
-        {"method": method, "sampler": sampler, "setting": setting, **drawn, "seconds": seconds,
-         "seconds_per_image": seconds / sample.num_samples, "batch_size": sample.batch_size,
-         "peak_memory_bytes": _peak_memory_bytes(torch_device), "memory_kind":
-         "CUDA allocator peak" if torch_device.type == "cuda" else "process peak RSS",
-         **small_batches, "diagnostics": diagnostics},
+        {
+            "method": method,
+            "sampler": sampler,
+            "setting": setting,
+            **drawn,
+            "seconds": seconds,
+            "seconds_per_image": seconds / sample.num_samples,
+            "batch_size": sample.batch_size,
+            "peak_memory_bytes": _peak_memory_bytes(torch_device),
+            "memory_kind": "CUDA allocator peak" if torch_device.type == "cuda" else "process peak RSS",
+            **small_batches,
+            "diagnostics": diagnostics,
+        },
         out,
     )
     if sample.temperature == 1.0:

@@ -15,7 +15,6 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Optional
 
 import yaml
 
@@ -30,8 +29,8 @@ class Experiment:
 
     name: str
     params: dict
-    overlay: Optional[str] = None  # the params overlay it adds to the main experiment's, if any
-    table: Optional[str] = None  # the paper table it supplies rows to, if it is a sub-experiment
+    overlay: str | None = None  # the params overlay it adds to the main experiment's, if any
+    table: str | None = None  # the paper table it supplies rows to, if it is a sub-experiment
 
 
 def _read_overlay(path: str) -> dict:
@@ -56,7 +55,9 @@ def study_experiments(params: dict) -> list[Experiment]:
             sub["paper"] = {"tables": [], "row": overlay.get("paper", {}).get("row") or label}
             sub["experiment"] = label
             resolved = resolve_params(sub)
-            resolved["experiment"] = f"{main.name}/{table}/{label}"  # its folder: results/<main>/<table>/<label>
+            resolved["experiment"] = (
+                f"{main.name}/{table}/{label}"  # its folder: results/<main>/<table>/<label>
+            )
             if any(e.name == resolved["experiment"] for e in found):
                 raise ConfigError(f"paper.experiments.{table}: two overlays are both named {label!r}")
             found.append(Experiment(resolved["experiment"], resolved, overlay=path, table=table))
@@ -67,7 +68,9 @@ def written_tables(params: dict) -> list[str]:
     """The paper tables a run writes: those its own figures fill (`paper.tables`), then those only its
     sub-experiments fill (e.g. Table 2 for the default, from the single-group VAE it runs)."""
     tables = list(params["paper"]["tables"])
-    return tables + [t for t, overlays in params["paper"]["experiments"].items() if overlays and t not in tables]
+    return tables + [
+        t for t, overlays in params["paper"]["experiments"].items() if overlays and t not in tables
+    ]
 
 
 def sweep_variants(params: dict) -> list[str]:
@@ -120,7 +123,9 @@ def table_metric_files(experiments: list[Experiment], table: str, variants: list
         return files
     # Tables 1-6: the files behind the rows' `ours:` keys (fid.* or nll.*), from this run where the table
     # is one of its own (`paper.tables`), and from the table's sub-experiments
-    rows = yaml.safe_load(resources.files("ncp").joinpath("paper_results.yaml").read_text())["tables"][table]["rows"]
+    rows = yaml.safe_load(resources.files("ncp").joinpath("paper_results.yaml").read_text())["tables"][table][
+        "rows"
+    ]
     kinds = sorted({row["ours"].split(".")[0] for row in rows if row.get("ours")})
     own = table in experiments[0].params["paper"]["tables"]
     sources = runs if own else runs[1:]

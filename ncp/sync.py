@@ -43,7 +43,9 @@ def touch_command(configfiles: Sequence[str], targets: Sequence[str]) -> list[st
     return command + ["--touch", "--forceall", "--cores", "1", *targets]
 
 
-def sync(configfiles: Sequence[str] = (), workdir: str | Path = ".", checkout: bool = False, dry_run: bool = False) -> int:
+def sync(
+    configfiles: Sequence[str] = (), workdir: str | Path = ".", checkout: bool = False, dry_run: bool = False
+) -> int:
     """Touch every restored output of the experiment so Snakemake sees it as current; return an exit status."""
     root = Path(workdir)
     if checkout:
@@ -53,8 +55,11 @@ def sync(configfiles: Sequence[str] = (), workdir: str | Path = ".", checkout: b
     graph = workflow_graph(configfiles, root)
     done, missing = restored_jobs(graph.jobs, root)
     if missing:
-        print(f"ncp sync: {len(missing)} outputs are absent (`dvc pull` or `dvc checkout` restores versioned ones; "
-              "`snakemake` builds the rest):", file=sys.stderr)
+        print(
+            f"ncp sync: {len(missing)} outputs are absent (`dvc pull` or `dvc checkout` restores versioned ones; "
+            "`snakemake` builds the rest):",
+            file=sys.stderr,
+        )
         for path in missing:
             print(f"  {path}", file=sys.stderr)
     if not done:
@@ -70,8 +75,13 @@ def sync(configfiles: Sequence[str] = (), workdir: str | Path = ".", checkout: b
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ncp sync", description=__doc__.splitlines()[0])
-    parser.add_argument("--configfile", nargs="+", default=[], metavar="FILE",
-                        help="the experiment's params overlays, exactly as given to `snakemake --configfile`")
+    parser.add_argument(
+        "--configfile",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="the experiment's params overlays, exactly as given to `snakemake --configfile`",
+    )
     parser.add_argument("--checkout", action="store_true", help="run `dvc checkout` first")
     parser.add_argument("--dry-run", "-n", action="store_true", help="show what would be touched")
     parser.add_argument("--directory", default=".", help="the workflow (repository) root")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -23,7 +23,7 @@ def paper_results() -> dict:
     return yaml.safe_load(resources.files("ncp").joinpath("paper_results.yaml").read_text())
 
 
-def lookup(summary: dict, dotted: Optional[str]) -> Optional[float]:
+def lookup(summary: dict, dotted: str | None) -> float | None:
     """The number at a dotted key of a summary (e.g. `fid.ncp_sir`), or None where there is none."""
     value: Any = summary
     for part in (dotted or "").split("."):
@@ -82,7 +82,10 @@ def build_summary(cfg: ExperimentConfig, metrics_dir: Path) -> dict:
         "nll": nll_summary(nll),
         "mmd": {
             "per_group": [
-                {k: g.get(k) for k in ("group", "q_p", "q_p_se", "q_pncp", "q_pncp_se", "z_score", "bandwidth", "dim")}
+                {
+                    k: g.get(k)
+                    for k in ("group", "q_p", "q_p_se", "q_pncp", "q_pncp_se", "z_score", "bandwidth", "dim")
+                }
                 for g in mmd["per_group"]
             ],
             "num_samples": mmd["num_samples"],
@@ -105,8 +108,18 @@ def build_summary(cfg: ExperimentConfig, metrics_dir: Path) -> dict:
             ],
         },
         "sampling": {
-            name: {key: s.get(key) for key in ("seconds_per_image", "num_samples", "peak_memory_bytes", "memory_kind",
-                                                  "time_1_s", "time_10_s", "setting")}
+            name: {
+                key: s.get(key)
+                for key in (
+                    "seconds_per_image",
+                    "num_samples",
+                    "peak_memory_bytes",
+                    "memory_kind",
+                    "time_1_s",
+                    "time_10_s",
+                    "setting",
+                )
+            }
             for name, s in sampling.items()
         },
     }
@@ -128,11 +141,20 @@ def results_frame(summary: dict) -> pd.DataFrame:
     sampling, spread = summary["sampling"], fid.get("fid_std", {})
 
     def row(model, method, fid_value, nll_value, nll_se):
-        return (model, fid_value, spread.get(method), fid["kid"].get(method), nll_value, nll_se,
-                sampling.get(method, {}).get("seconds_per_image"))
+        return (
+            model,
+            fid_value,
+            spread.get(method),
+            fid["kid"].get(method),
+            nll_value,
+            nll_se,
+            sampling.get(method, {}).get("seconds_per_image"),
+        )
 
-    rows = [row("Base VAE (prior p)", "base", fid["base"], nll["base"], nll.get("base_se")),
-            row("NCP-VAE, SIR", "sir", fid["ncp_sir"], nll["ncp"], nll.get("ncp_se"))]
+    rows = [
+        row("Base VAE (prior p)", "base", fid["base"], nll["base"], nll.get("base_se")),
+        row("NCP-VAE, SIR", "sir", fid["ncp_sir"], nll["ncp"], nll.get("ncp_se")),
+    ]
     if fid.get("ncp_ld") is not None:
         rows.append(row("NCP-VAE, LD", "ld", fid["ncp_ld"], nll["ncp"], nll.get("ncp_se")))
     rows.append(row("Base VAE-Recon (q)", "recon", fid["recon"], None, None))
@@ -170,7 +192,9 @@ def plot_figure5(summary: dict, figures_dir: Path) -> None:
     plt.close(fig)
 
 
-def run(cfg: ExperimentConfig, metrics_dir: Path, summary_out: Path, tables_dir: Path, figures_dir: Path) -> None:
+def run(
+    cfg: ExperimentConfig, metrics_dir: Path, summary_out: Path, tables_dir: Path, figures_dir: Path
+) -> None:
     """Write the summary, the results table and Fig. 5 (the paper's tables: ncp/paper_tables.py)."""
     summary = build_summary(cfg, metrics_dir)
     write_json(summary, summary_out)
@@ -183,5 +207,7 @@ def run(cfg: ExperimentConfig, metrics_dir: Path, summary_out: Path, tables_dir:
         f"log Z = {nll['log_z']:.3f} +- {nll['log_z_se']:.3f} from {nll['log_z_samples']} prior samples (ESS {nll['log_z_ess']:.0f})",
         f"SIR with {cfg.sample.sir_num_proposals} proposals per group; LD {cfg.sample.ld_num_steps} steps of size {cfg.sample.ld_step_size}",
     ]
-    write_table(results_frame(summary), f"Base VAE vs NCP-VAE ({cfg.experiment})", protocol, tables_dir / "results")
+    write_table(
+        results_frame(summary), f"Base VAE vs NCP-VAE ({cfg.experiment})", protocol, tables_dir / "results"
+    )
     plot_figure5(summary, figures_dir)

@@ -7,12 +7,11 @@ drawn with the same z_<k; its logit is log r_k. Groups are independent jobs.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
 from ncp.config import NCEConfig
-from dataclasses import asdict
-
 from ncp.priors.nce import evaluate_classifier, train_classifier
 from ncp.runtime import atomic_save, load_torch, pick_device, seed_everything, write_json
 
@@ -26,10 +25,18 @@ def run(nce: NCEConfig, seed: int, device: str, group_latents: Path, out: Path, 
     torch_device = pick_device(device)
     context = cached.get("context")
     classifier, history = train_classifier(
-        cached["z_q"], cached["z_p"], context,
-        hidden=nce.hidden, num_blocks=nce.num_blocks, epochs=nce.epochs, batch_size=nce.batch_size,
-        lr=nce.lr, weight_decay=nce.weight_decay, val_fraction=nce.val_fraction,
-        seed=seed + group, device=torch_device,
+        cached["z_q"],
+        cached["z_p"],
+        context,
+        hidden=nce.hidden,
+        num_blocks=nce.num_blocks,
+        epochs=nce.epochs,
+        batch_size=nce.batch_size,
+        lr=nce.lr,
+        weight_decay=nce.weight_decay,
+        val_fraction=nce.val_fraction,
+        seed=seed + group,
+        device=torch_device,
     )
     # L* is the held-out loss of the kept weights; log r statistics are over all cached pairs.
     on_all_pairs = evaluate_classifier(classifier, cached["z_q"], cached["z_p"], context, device=torch_device)
@@ -54,4 +61,7 @@ def run(nce: NCEConfig, seed: int, device: str, group_latents: Path, out: Path, 
         out,
     )
     write_json({"group": group, "num_pairs": int(cached["z_q"].shape[0]), **diagnostics}, metrics_out)
-    print(f"train-nce group {group}: L* = {final_loss:.4f}; finished at {datetime.now().isoformat()}", flush=True)
+    print(
+        f"train-nce group {group}: L* = {final_loss:.4f}; finished at {datetime.now().isoformat()}",
+        flush=True,
+    )

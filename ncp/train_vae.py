@@ -41,7 +41,9 @@ def learning_rate(step: int, total_steps: int, warmup_steps: int, lr: float, lr_
     return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def kl_weight(step: int, total_steps: int, anneal_portion: float, const_portion: float, min_coeff: float) -> float:
+def kl_weight(
+    step: int, total_steps: int, anneal_portion: float, const_portion: float, min_coeff: float
+) -> float:
     """NVAE's KL warm-up: beta = clamp((step - c T) / (a T), min_coeff, 1)."""
     if anneal_portion <= 0:
         return 1.0
@@ -51,7 +53,13 @@ def kl_weight(step: int, total_steps: int, anneal_portion: float, const_portion:
 
 def nvae_arch_args(vae: VAEConfig, data: DataConfig) -> dict:
     """NVAE's arguments for this dataset: the params' `vae.nvae` with the dataset filled in."""
-    dataset_for = {"mnist5k": "mnist", "mnist": "mnist", "idx": "mnist", "cifar10": "cifar10", "celeba64": "celeba_64"}
+    dataset_for = {
+        "mnist5k": "mnist",
+        "mnist": "mnist",
+        "idx": "mnist",
+        "cifar10": "cifar10",
+        "celeba64": "celeba_64",
+    }
     args = dict(vae.nvae)
     if "dataset" not in args:  # a dataset without an NVAE name must give vae.nvae.dataset itself
         if data.name not in dataset_for:
@@ -107,7 +115,13 @@ def vae_loss(
 
 
 def train_step(
-    model, optimizer, x: torch.Tensor, beta: float, train: VAETrainConfig, is_nvae: bool, noise_scale: float = 1.0
+    model,
+    optimizer,
+    x: torch.Tensor,
+    beta: float,
+    train: VAETrainConfig,
+    is_nvae: bool,
+    noise_scale: float = 1.0,
 ) -> dict:
     """One optimiser step on batch ``x`` (gradients averaged over processes under DDP); returns the loss stats."""
     loss, stats = vae_loss(model, x, beta, train, is_nvae, noise_scale)
@@ -122,7 +136,11 @@ def train_step(
 
 
 def epoch_batches(
-    train_set: ImageSet, batch_size: int, generator: torch.Generator, process_rank: int = 0, num_processes: int = 1
+    train_set: ImageSet,
+    batch_size: int,
+    generator: torch.Generator,
+    process_rank: int = 0,
+    num_processes: int = 1,
 ) -> Iterator[torch.Tensor]:
     """One epoch of this process's float batches (batch_size, C, H, W).
 
@@ -142,7 +160,9 @@ def _optimizer(model, train: VAETrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
 
 
-def run(data: DataConfig, vae: VAEConfig, seed: int, device: str, train_data: Path, out: Path, work_dir: Path) -> None:
+def run(
+    data: DataConfig, vae: VAEConfig, seed: int, device: str, train_data: Path, out: Path, work_dir: Path
+) -> None:
     """Train the backbone on ``train_data`` and write its final checkpoint to ``out``."""
     out, work_dir = Path(out), Path(work_dir)
     if vae.init_checkpoint:
@@ -170,13 +190,33 @@ def _cli_args(
     data: DataConfig, vae: VAEConfig, seed: int, device: str, train_data: Path, out: Path, work_dir: Path
 ) -> list[str]:
     """The `ncp` arguments that run this same stage (the params as JSON, like Snakemake passes them)."""
-    params = {"seed": seed, "device": device, "data": dataclasses.asdict(data), "vae": dataclasses.asdict(vae)}
-    return ["train-vae", "--params-json", json.dumps(params), "--train-data", str(train_data),
-            "--out", str(out), "--work-dir", str(work_dir)]
+    params = {
+        "seed": seed,
+        "device": device,
+        "data": dataclasses.asdict(data),
+        "vae": dataclasses.asdict(vae),
+    }
+    return [
+        "train-vae",
+        "--params-json",
+        json.dumps(params),
+        "--train-data",
+        str(train_data),
+        "--out",
+        str(out),
+        "--work-dir",
+        str(work_dir),
+    ]
 
 
 def _train(
-    data: DataConfig, vae: VAEConfig, seed: int, torch_device: torch.device, train_data: Path, out: Path, work_dir: Path
+    data: DataConfig,
+    vae: VAEConfig,
+    seed: int,
+    torch_device: torch.device,
+    train_data: Path,
+    out: Path,
+    work_dir: Path,
 ) -> None:
     """The training loop, on one process or as one of several (rank 0 alone writes files)."""
     process_rank, num_processes = distributed.rank(), distributed.world_size()
@@ -186,7 +226,9 @@ def _train(
     arch_args = arch_args_for(vae, data)
     # The MLP VAE centres its input on the training mean and starts its decoder bias at logit(mean).
     # The mean travels in the state dict (a buffer), so the saved arch_args stay plain values.
-    build_args = {**arch_args, "data_mean": training_mean_image(train_set)} if vae.arch == "mlp" else arch_args
+    build_args = (
+        {**arch_args, "data_mean": training_mean_image(train_set)} if vae.arch == "mlp" else arch_args
+    )
     model = build_vae(vae.arch, build_args)
     if num_processes > 1:
         # BatchNorm statistics over the global batch, as NVAE. Only on GPUs: torch's SyncBatchNorm rejects
@@ -199,8 +241,10 @@ def _train(
     optimizer = _optimizer(model, vae.train)
     global_batch = vae.train.batch_size * num_processes
     if len(train_set.images) < global_batch:  # drop_last would give no batch at all
-        raise ValueError(f"{len(train_set.images)} training images do not fill one batch of "
-                         f"{vae.train.batch_size} per process x {num_processes} processes")
+        raise ValueError(
+            f"{len(train_set.images)} training images do not fill one batch of "
+            f"{vae.train.batch_size} per process x {num_processes} processes"
+        )
     steps_per_epoch = math.ceil(len(train_set.images) / global_batch)
     total_steps = vae.train.epochs * steps_per_epoch
     warmup_steps = int(vae.train.warmup_epochs * steps_per_epoch)
@@ -209,15 +253,20 @@ def _train(
     resume_path = work_dir / RESUME_FILE
     if resume_path.is_file():  # every process reads what rank 0 wrote
         state = load_torch(resume_path)
-        if (state["arch_args"] == arch_args and state["total_steps"] == total_steps
-                and state.get("num_processes", 1) == num_processes):
+        if (
+            state["arch_args"] == arch_args
+            and state["total_steps"] == total_steps
+            and state.get("num_processes", 1) == num_processes
+        ):
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             generator.set_state(state["generator"])
             step, history = state["step"], state["history"]
             if is_main:
                 print(f"resuming stage-1 training at step {step}/{total_steps} from {resume_path}")
-    network = distributed.wrap_model(model, torch_device)  # DDP when distributed: forward + backward go through it
+    network = distributed.wrap_model(
+        model, torch_device
+    )  # DDP when distributed: forward + backward go through it
 
     model.train()
     started = time.time()
@@ -229,7 +278,13 @@ def _train(
                 break
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total_steps, warmup_steps, vae.train.lr, vae.train.lr_min)
-            beta = kl_weight(step, total_steps, vae.train.kl_anneal_portion, vae.train.kl_const_portion, vae.train.kl_const_coeff)
+            beta = kl_weight(
+                step,
+                total_steps,
+                vae.train.kl_anneal_portion,
+                vae.train.kl_const_portion,
+                vae.train.kl_const_coeff,
+            )
             stats = train_step(network, optimizer, x.to(torch_device), beta, vae.train, vae.arch == "nvae")
             step += 1
             progress.update(1)
@@ -239,9 +294,16 @@ def _train(
                 progress.set_postfix(neg_elbo=f"{stats['neg_elbo']:.1f}", kl=f"{stats['kl']:.1f}")
             if is_main and step % vae.train.checkpoint_every == 0 and step < total_steps:
                 atomic_save(
-                    {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "generator": generator.get_state(), "step": step, "history": history, "arch_args": arch_args,
-                     "total_steps": total_steps, "num_processes": num_processes},
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "generator": generator.get_state(),
+                        "step": step,
+                        "history": history,
+                        "arch_args": arch_args,
+                        "total_steps": total_steps,
+                        "num_processes": num_processes,
+                    },
                     resume_path,
                 )
     progress.close()
@@ -250,9 +312,16 @@ def _train(
         if vae.arch != "nvae" and vae.base_prior == "gmm":
             _fit_gmm_base_prior(model, train_set, vae.gmm_components, seed, torch_device)
         save_vae_checkpoint(
-            model, vae.arch, arch_args, out,
-            training={"steps": step, "seconds": time.time() - started, "history": history,
-                      "num_processes": num_processes},
+            model,
+            vae.arch,
+            arch_args,
+            out,
+            training={
+                "steps": step,
+                "seconds": time.time() - started,
+                "history": history,
+                "num_processes": num_processes,
+            },
         )
         if resume_path.exists():
             resume_path.unlink()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from workflow_copy import REPO, copy_workflow, jobs_by_experiment
 
 from ncp.config import deep_merge
 from ncp.data import load_image_set
@@ -19,31 +20,42 @@ from ncp.models.nvae.config import NVAE_DEFAULT_ARGS, NVAEConfig
 from ncp.models.registry import load_vae_checkpoint
 from ncp.priors.gmm import GMMPrior
 
-from workflow_copy import REPO, copy_workflow, jobs_by_experiment
 FIXTURES = REPO.parent / "shared" / "fixtures" / "nvae"
 SCHEMA = REPO / "ncp" / "params.schema.yaml"
 
 # Everything after stage 1 at toy size: the DAG runs in well under a minute on 2 CPU cores.
 TINY = {
     "device": "cpu",
-    "paper": {"tables": ["table6", "table9"], "experiments": {"table2": [], "table7": []},
-              "table8": {"sir_num_proposals": [], "ld_num_steps": []}},  # none of the default's sub-experiments
+    "paper": {
+        "tables": ["table6", "table9"],
+        "experiments": {"table2": [], "table7": []},
+        "table8": {"sir_num_proposals": [], "ld_num_steps": []},
+    },  # none of the default's sub-experiments
     "data": {"name": "mnist5k", "train_limit": 256, "test_limit": 64},
     "vae": {"train": {"epochs": 1, "batch_size": 32, "checkpoint_every": 4}},
     "cache": {"passes": 1, "batch_size": 128},
     "nce": {"hidden": 16, "num_blocks": 1, "epochs": 2, "batch_size": 64},
-    "sample": {"num_samples": 64, "batch_size": 32, "methods": ["sir"], "sir": {"num_proposals": 8, "chunk_size": 4},
-               "grid_size": 16},
-    "evaluate": {"fid": {"features": "domain", "domain_epochs": 1, "reference_images": 256},
-                 "mmd": {"num_samples": 64, "pca_dim": 8},
-                 "nll": {"iw_samples": 4, "num_images": 32, "log_z_samples": 256}},
+    "sample": {
+        "num_samples": 64,
+        "batch_size": 32,
+        "methods": ["sir"],
+        "sir": {"num_proposals": 8, "chunk_size": 4},
+        "grid_size": 16,
+    },
+    "evaluate": {
+        "fid": {"features": "domain", "domain_epochs": 1, "reference_images": 256},
+        "mmd": {"num_samples": 64, "pca_dim": 8},
+        "nll": {"iw_samples": 4, "num_images": 32, "log_z_samples": 256},
+    },
 }
 
 
-
-def _snakemake(cwd: Path, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["snakemake", *args], cwd=cwd, check=False, capture_output=True, text=True, timeout=timeout, env=env)
-
+def _snakemake(
+    cwd: Path, *args: str, timeout: int = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["snakemake", *args], cwd=cwd, check=False, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def _run_tiny_dag(workdir: Path, experiment: str, overlay: dict) -> tuple[subprocess.CompletedProcess, Path]:
@@ -71,19 +83,32 @@ def _import_fixture_checkpoint(workdir: Path) -> dict | None:
     official = workdir / "official_checkpoint.pt"
     torch.save({"state_dict": state_dict, "args": argparse.Namespace(**nvae_args), "epoch": 399}, official)
     imported = workdir / "imported.pt"
-    result = subprocess.run(["ncp", "import-nvae", "--checkpoint", str(official), "--out", str(imported)],
-                            check=False, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        ["ncp", "import-nvae", "--checkpoint", str(official), "--out", str(imported)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return {"vae": {"arch": "nvae", "init_checkpoint": str(imported), "nvae": nvae_args}}
 
 
-CONV_TINY = {"image_size": 32, "in_channels": 1, "latent_dim": 6, "channels": [8, 16], "kernel_size": 4,
-             "likelihood": "bernoulli"}
+CONV_TINY = {
+    "image_size": 32,
+    "in_channels": 1,
+    "latent_dim": 6,
+    "channels": [8, 16],
+    "kernel_size": 4,
+    "likelihood": "bernoulli",
+}
 ADAM = {"optimizer": "adam", "lr": 0.001}
 SINGLE_GROUP_OVERLAYS = {
     "mlp": {"vae": {"arch": "mlp", "mlp": {"latent_dim": 8, "hidden": 32}, "train": ADAM}},
     "conv_gaussian": {"vae": {"arch": "conv", "conv": CONV_TINY, "base_prior": "gaussian", "train": ADAM}},
-    "conv_gmm": {"vae": {"arch": "conv", "conv": CONV_TINY, "base_prior": "gmm", "gmm_components": 3, "train": ADAM}},
+    "conv_gmm": {
+        "vae": {"arch": "conv", "conv": CONV_TINY, "base_prior": "gmm", "gmm_components": 3, "train": ADAM}
+    },
 }
 
 
@@ -96,14 +121,20 @@ def dag_runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, P
     if imported is not None:
         overlays = {"imported": imported, **overlays}  # the longest run first
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(_run_tiny_dag, base / name, name, overlay) for name, overlay in overlays.items()}
+        futures = {
+            name: pool.submit(_run_tiny_dag, base / name, name, overlay) for name, overlay in overlays.items()
+        }
         return {name: future.result() for name, future in futures.items()}
 
 
 def _finished(dag_runs: dict, name: str) -> Path:
     """The results folder of run ``name``, after checking that its DAG completed."""
     result, out = dag_runs[name]
-    logs = "\n".join(p.read_text()[-1500:] for p in sorted((out / "logs").glob("*.log"))) if (out / "logs").exists() else ""
+    logs = (
+        "\n".join(p.read_text()[-1500:] for p in sorted((out / "logs").glob("*.log")))
+        if (out / "logs").exists()
+        else ""
+    )
     assert result.returncode == 0, result.stderr[-3000:] + logs[-4000:]
     return out
 
@@ -194,7 +225,9 @@ def test_conv_vae_with_gmm_base_fits_the_mixture_to_posterior_means(dag_runs):
     means = model.base_prior.means.double()  # (K, D)
     chol = model.base_prior.scales.double()  # (K, D, D)
     mixture_mean = weights @ means
-    second_moment = torch.einsum("k,kij->ij", weights, chol @ chol.transpose(1, 2) + means[:, :, None] * means[:, None, :])
+    second_moment = torch.einsum(
+        "k,kij->ij", weights, chol @ chol.transpose(1, 2) + means[:, :, None] * means[:, None, :]
+    )
     mixture_cov = second_moment - mixture_mean[:, None] * mixture_mean[None, :]
     data_cov = torch.cov(points.T)
     spread = data_cov.diagonal().sqrt()  # (D,)
@@ -273,7 +306,14 @@ def test_paper_params_file_is_self_contained(name):
         assert NVAEConfig.from_args(vae["nvae"]).num_groups == EXPECTED_GROUPS[name]
     else:
         assert EXPECTED_GROUPS[name] == 1
-    assert set(params["vae"]["train"]) >= {"epochs", "batch_size", "optimizer", "lr", "lr_min", "warmup_epochs"}
+    assert set(params["vae"]["train"]) >= {
+        "epochs",
+        "batch_size",
+        "optimizer",
+        "lr",
+        "lr_min",
+        "warmup_epochs",
+    }
 
 
 def test_mnist_nvae_has_ten_groups_of_4x4_latents():
@@ -312,11 +352,15 @@ def test_paper_params_dry_run_has_one_nce_job_per_group(dry_runs, name):
     assert jobs[("train_vae", main)] == 1 and jobs[("cache_latents", main)] == 1 and jobs[("tables", "")] == 1
     sweep = params["paper"]["table8"]
     # base + each sampler, + each Table 8 setting that is not the run's own (e.g. SIR M=50 is sampled once)
-    own = {(method, params["sample"][method]["num_proposals" if method == "sir" else "num_steps"])
-           for method in params["sample"]["methods"]}
+    own = {
+        (method, params["sample"][method]["num_proposals" if method == "sir" else "num_steps"])
+        for method in params["sample"]["methods"]
+    }
     extra = {("sir", m) for m in sweep["sir_num_proposals"]} | {("ld", t) for t in sweep["ld_num_steps"]}
     assert jobs[("sample", main)] == 1 + len(params["sample"]["methods"]) + len(extra - own)
-    for table in params["paper"]["tables"] + [t for t, files in params["paper"]["experiments"].items() if files]:
+    for table in params["paper"]["tables"] + [
+        t for t, files in params["paper"]["experiments"].items() if files
+    ]:
         assert jobs[(table, "")] == 1, table
 
 
@@ -331,6 +375,12 @@ EXPECTED_SUB_EXPERIMENTS = {
 def test_paper_params_dry_run_includes_the_sub_experiments(dry_runs, name):
     main = _load(name)["experiment"]
     jobs = jobs_by_experiment(dry_runs[name].stdout)
-    subs = {exp.removeprefix(main + "/"): n for (rule, exp), n in jobs.items() if rule == "train_nce" and exp != main}
+    subs = {
+        exp.removeprefix(main + "/"): n
+        for (rule, exp), n in jobs.items()
+        if rule == "train_nce" and exp != main
+    }
     assert subs == EXPECTED_SUB_EXPERIMENTS[name]
-    assert jobs[("prepare_data", main)] == 1 and ("prepare_data", f"{main}/{next(iter(subs))}") not in jobs  # shared
+    assert (
+        jobs[("prepare_data", main)] == 1 and ("prepare_data", f"{main}/{next(iter(subs))}") not in jobs
+    )  # shared

@@ -62,13 +62,25 @@ def test_each_stage_reads_only_its_sections():
     nce = stage_params(params, "train-nce")
     assert set(nce) == {"seed", "device", "nce"}
     assert "nce" not in stage_params(params, "sample") and "cache" not in stage_params(params, "train-nce")
-    assert set(STAGE_SECTIONS) >= {"prepare-data", "train-vae", "cache-latents", "train-nce", "sample", "evaluate", "tables"}
+    assert set(STAGE_SECTIONS) >= {
+        "prepare-data",
+        "train-vae",
+        "cache-latents",
+        "train-nce",
+        "sample",
+        "evaluate",
+        "tables",
+    }
 
 
 def test_group_count_follows_nvae_rules():
     # NVAE's README MNIST model: 2 scales, 10 groups, adaptive -> [10, 5]; CelebA-64: [20, 10, 5].
-    assert nvae_groups_per_scale({"num_latent_scales": 2, "num_groups_per_scale": 10, "ada_groups": True}) == [10, 5]
-    assert nvae_groups_per_scale({"num_latent_scales": 3, "num_groups_per_scale": 20, "ada_groups": True}) == [20, 10, 5]
+    assert nvae_groups_per_scale(
+        {"num_latent_scales": 2, "num_groups_per_scale": 10, "ada_groups": True}
+    ) == [10, 5]
+    assert nvae_groups_per_scale(
+        {"num_latent_scales": 3, "num_groups_per_scale": 20, "ada_groups": True}
+    ) == [20, 10, 5]
     assert nvae_groups_per_scale(
         {"num_latent_scales": 5, "num_groups_per_scale": 16, "ada_groups": True, "min_groups_per_scale": 4}
     ) == [16, 8, 4, 4, 4]
@@ -77,9 +89,22 @@ def test_group_count_follows_nvae_rules():
 
 def test_cli_rejects_bad_params_json_in_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "ncp.cli", "train-nce", "--params-json", '{"nce": {"lr": -1}}',
-         "--latents", str(tmp_path / "x.pt"), "--out", str(tmp_path / "y.pt"), "--metrics-out", str(tmp_path / "z.json")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "ncp.cli",
+            "train-nce",
+            "--params-json",
+            '{"nce": {"lr": -1}}',
+            "--latents",
+            str(tmp_path / "x.pt"),
+            "--out",
+            str(tmp_path / "y.pt"),
+            "--metrics-out",
+            str(tmp_path / "z.json"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "nce.lr" in result.stderr

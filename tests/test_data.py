@@ -137,7 +137,9 @@ def test_iterate_batches_covers_every_image_once():
     assert not torch.equal(seen, images.flatten().float() / 255)  # shuffled
     dropped = list(iterate_batches(images, 4, drop_last=True))
     assert len(dropped) == 2 and torch.allclose(dropped[0].flatten(), images[:4].flatten().float() / 255)
-    binary = torch.cat(list(iterate_batches(images, 3, binary=True, generator=torch.Generator().manual_seed(0))))
+    binary = torch.cat(
+        list(iterate_batches(images, 3, binary=True, generator=torch.Generator().manual_seed(0)))
+    )
     assert set(binary.unique().tolist()) <= {0.0, 1.0}
 
 
@@ -148,7 +150,9 @@ def test_iterate_batches_takes_an_image_set_and_its_binary_flag():
     assert torch.cat(list(iterate_batches(grey_set, 16))).unique().tolist() == [pytest.approx(128 / 255)]
     draws = torch.cat(list(iterate_batches(binary_set, 16, generator=torch.Generator().manual_seed(0))))
     assert draws.unique().tolist() == [0.0, 1.0]
-    assert torch.cat(list(iterate_batches(binary_set, 16, binary=False))).unique().tolist() == [pytest.approx(128 / 255)]
+    assert torch.cat(list(iterate_batches(binary_set, 16, binary=False))).unique().tolist() == [
+        pytest.approx(128 / 255)
+    ]
     first_ten = binary_set.subset(10)
     assert len(first_ten) == 10 and first_ten.binary and len(binary_set.subset(99)) == 40
 

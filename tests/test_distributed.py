@@ -37,7 +37,9 @@ def _tiny_params(**train) -> dict:
 
 def _tiny_image_set(count: int) -> ImageSet:
     """Binary (dynamically binarised) 1x32x32 images with grey levels, so binarisation is random."""
-    images = torch.randint(0, 256, (count, 1, 32, 32), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
+    images = torch.randint(
+        0, 256, (count, 1, 32, 32), generator=torch.Generator().manual_seed(5), dtype=torch.uint8
+    )
     return ImageSet(images, None, "mnist5k", "train", binary=True)
 
 
@@ -61,8 +63,13 @@ def _one_step(process_rank: int, num_processes: int) -> tuple[dict, dict]:
 def _step_worker(process_rank: int, num_processes: int, port: int, out_dir: str) -> None:
     """What each spawned process runs: join a gloo group as torchrun would set it up, take one step."""
     torch.set_num_threads(1)
-    os.environ.update(WORLD_SIZE=str(num_processes), RANK=str(process_rank), LOCAL_RANK=str(process_rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        WORLD_SIZE=str(num_processes),
+        RANK=str(process_rank),
+        LOCAL_RANK=str(process_rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     device = distributed.setup_process_group("cpu")
     assert device.type == "cpu" and distributed.world_size() == num_processes
     try:
@@ -79,7 +86,9 @@ def _free_port() -> int:
 
 def _env_without_torchrun() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
+    env.update(
+        OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    )
     return env
 
 
@@ -88,7 +97,9 @@ def test_shards_are_disjoint_and_cover_the_order(count):
     order = torch.randperm(count, generator=torch.Generator().manual_seed(0))
     batch_size = 2
     for num_processes in range(1, 5):
-        shards = [distributed.shard_batch_order(order, batch_size, r, num_processes) for r in range(num_processes)]
+        shards = [
+            distributed.shard_batch_order(order, batch_size, r, num_processes) for r in range(num_processes)
+        ]
         steps = count // (batch_size * num_processes)
         assert all(shard.shape == (steps, batch_size) for shard in shards)  # same step count everywhere
         union = torch.cat([shard.flatten() for shard in shards])
@@ -97,7 +108,9 @@ def test_shards_are_disjoint_and_cover_the_order(count):
         assert sorted(union.tolist()) == sorted(order[:covered].tolist())  # 48: the whole order
         assert count - covered < batch_size * num_processes  # only a partial global batch is dropped
         # Step s of process r is slot r of global batch s.
-        assert torch.equal(shards[-1][0], order[(num_processes - 1) * batch_size : num_processes * batch_size])
+        assert torch.equal(
+            shards[-1][0], order[(num_processes - 1) * batch_size : num_processes * batch_size]
+        )
     with pytest.raises(ValueError, match="rank 2"):
         distributed.shard_batch_order(order, batch_size, 2, 2)
 
@@ -106,7 +119,11 @@ def test_two_processes_see_the_batches_of_one_process_with_twice_the_batch():
     train_set = _tiny_image_set(20)
     single = list(epoch_batches(train_set, 4, torch.Generator().manual_seed(1)))
     # One process: exactly iterate_batches (shuffle, binarisation, drop_last), so num_processes 1 is unchanged.
-    reference = list(iterate_batches(train_set, 4, shuffle=True, generator=torch.Generator().manual_seed(1), drop_last=True))
+    reference = list(
+        iterate_batches(
+            train_set, 4, shuffle=True, generator=torch.Generator().manual_seed(1), drop_last=True
+        )
+    )
     assert len(single) == 5 and all(torch.equal(a, b) for a, b in zip(single, reference))
     # Two processes with batch 2 each: their slots, side by side, are the single-process batches of 4.
     halves = [list(epoch_batches(train_set, 2, torch.Generator().manual_seed(1), r, 2)) for r in range(2)]
@@ -133,10 +150,29 @@ def test_train_vae_cli_with_two_processes_writes_one_loadable_checkpoint(tmp_pat
     save_image_set(_tiny_image_set(24), tmp_path / "train.pt")
     params = _tiny_params(epochs=2, batch_size=4, num_processes=2, checkpoint_every=2)
     out, work_dir = tmp_path / "vae" / "checkpoint.pt", tmp_path / "work"
-    command = [sys.executable, "-m", "ncp.cli", "train-vae", "--params-json", json.dumps(params),
-               "--train-data", str(tmp_path / "train.pt"), "--out", str(out), "--work-dir", str(work_dir)]
-    result = subprocess.run(command, cwd=REPO, env=_env_without_torchrun(), capture_output=True, text=True, timeout=180,
-                            check=False)
+    command = [
+        sys.executable,
+        "-m",
+        "ncp.cli",
+        "train-vae",
+        "--params-json",
+        json.dumps(params),
+        "--train-data",
+        str(tmp_path / "train.pt"),
+        "--out",
+        str(out),
+        "--work-dir",
+        str(work_dir),
+    ]
+    result = subprocess.run(
+        command,
+        cwd=REPO,
+        env=_env_without_torchrun(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     model = load_vae_checkpoint(out)
     assert model.latent_dim == 4

@@ -52,7 +52,9 @@ def reference_kid(x, y):
     kxx, kyy, kxy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
     m, n = len(x), len(y)
     return (
-        (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * kxy.mean()
+        (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+        + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+        - 2 * kxy.mean()
     )
 
 
@@ -66,7 +68,9 @@ def test_frechet_distance_matches_clean_fid():
     a = rng.normal(size=(300, 24))
     b = rng.normal(size=(250, 24)) @ rng.normal(size=(24, 24)) * 0.4 + 0.3
     expected = clean_fid_frechet(*feature_statistics(a), *feature_statistics(b))
-    assert frechet_distance(*feature_statistics(a), *feature_statistics(b)) == pytest.approx(expected, rel=1e-8)
+    assert frechet_distance(*feature_statistics(a), *feature_statistics(b)) == pytest.approx(
+        expected, rel=1e-8
+    )
     assert fid_from_features(a, b) == pytest.approx(expected, rel=1e-8)
     # Fewer images than dimensions: the exact low-rank form against clean-fid's sqrtm.
     small_a, small_b = a[:10, :], b[:12, :]
@@ -79,7 +83,9 @@ def test_kid_matches_numpy_reference_and_is_seeded():
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(40, 16)), rng.normal(size=(40, 16)) + 0.5
     # One subset as large as both sets is a permutation of them, which leaves MMD^2 unchanged.
-    assert kid_from_features(x, y, num_subsets=1, max_subset_size=1000) == pytest.approx(reference_kid(x, y), rel=1e-9)
+    assert kid_from_features(x, y, num_subsets=1, max_subset_size=1000) == pytest.approx(
+        reference_kid(x, y), rel=1e-9
+    )
     np.random.seed(123)
     state_before = np.random.get_state()[1].copy()
     first = kid_from_features(x, y[:30], num_subsets=20, max_subset_size=10, seed=7)
@@ -90,7 +96,10 @@ def test_kid_matches_numpy_reference_and_is_seeded():
 
 def test_reference_round_trip_and_name_check(tmp_path):
     rng = np.random.default_rng(2)
-    feats, other = rng.normal(size=(50, 8)).astype(np.float32), rng.normal(size=(60, 8)).astype(np.float32) + 1
+    feats, other = (
+        rng.normal(size=(50, 8)).astype(np.float32),
+        rng.normal(size=(60, 8)).astype(np.float32) + 1,
+    )
     reference = reference_from_features(feats, "lenet_domain")
     save_reference_features(tmp_path / "ref.npz", reference)
     loaded = load_reference_features(tmp_path / "ref.npz")
@@ -122,7 +131,9 @@ def test_domain_classifier_accuracy_and_features(tmp_path, mnist_test):
     zeros = mnist_test.images[mnist_test.labels == 0]
     feats = compute_features(zeros[:20], features, batch_size=8)
     assert feats.shape == (20, 128)
-    assert np.allclose(feats, compute_features(zeros[:20], DomainFeatures(classifier), batch_size=20), atol=1e-5)
+    assert np.allclose(
+        feats, compute_features(zeros[:20], DomainFeatures(classifier), batch_size=20), atol=1e-5
+    )
     other_zeros = compute_features(zeros[20:40], features)
     sevens = compute_features(mnist_test.images[mnist_test.labels == 7][:20], features)
     assert fid_from_features(feats, sevens) > 3 * fid_from_features(feats, other_zeros)
@@ -151,14 +162,22 @@ def test_inception_features_match_clean_fid_folder_path(inception, mnist_test, t
     from cleanfid import fid as clean_fid
     from PIL import Image
 
-    sets = {"zeros": mnist_test.images[mnist_test.labels == 0][:8], "fives": mnist_test.images[mnist_test.labels == 5][:8]}
+    sets = {
+        "zeros": mnist_test.images[mnist_test.labels == 0][:8],
+        "fives": mnist_test.images[mnist_test.labels == 5][:8],
+    }
     for name, images in sets.items():
         (tmp_path / name).mkdir()
         for i, image in enumerate(images):  # grey PNGs: clean-fid converts them to RGB on load
             Image.fromarray(image[0].numpy()).save(tmp_path / name / f"{i:03d}.png")
     ours = {name: compute_features(images, inception, batch_size=8) for name, images in sets.items()}
     theirs = clean_fid.get_folder_features(
-        str(tmp_path / "zeros"), inception, num_workers=0, batch_size=8, device=torch.device("cpu"), verbose=False
+        str(tmp_path / "zeros"),
+        inception,
+        num_workers=0,
+        batch_size=8,
+        device=torch.device("cpu"),
+        verbose=False,
     )
     np.testing.assert_allclose(ours["zeros"], theirs, rtol=1e-4, atol=1e-4)
     with warnings.catch_warnings():

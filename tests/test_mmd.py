@@ -47,7 +47,9 @@ def test_mmd2_uses_row_blocks_correctly(monkeypatch):
 def test_median_bandwidth_matches_scipy():
     rng = np.random.default_rng(2)
     x, y = rng.normal(size=(30, 4)), rng.normal(size=(21, 4)) * 2
-    assert median_bandwidth(x, y, max_points=1000) == pytest.approx(np.median(pdist(np.vstack([x, y]))), rel=1e-9)
+    assert median_bandwidth(x, y, max_points=1000) == pytest.approx(
+        np.median(pdist(np.vstack([x, y]))), rel=1e-9
+    )
     # Subsampled: deterministic for a seed, and close to the full median.
     big = rng.normal(size=(3000, 4))
     assert median_bandwidth(big, big, 500, seed=0) == median_bandwidth(big, big, 500, seed=0)
@@ -79,8 +81,12 @@ def test_latent_mmd_shares_one_bandwidth_and_uses_pca():
     for entry in result.scales:  # both comparisons at the same bandwidth, scale x the median
         sigma = entry["scale"] * result.median_bandwidth
         assert entry["bandwidth"] == pytest.approx(sigma)
-        assert entry["mmd2_q_p"] == pytest.approx(reference_mmd2(flat_q.numpy(), flat_p.numpy(), sigma), abs=1e-6)
-        assert entry["mmd2_q_ncp"] == pytest.approx(reference_mmd2(flat_q.numpy(), flat_ncp.numpy(), sigma), abs=1e-6)
+        assert entry["mmd2_q_p"] == pytest.approx(
+            reference_mmd2(flat_q.numpy(), flat_p.numpy(), sigma), abs=1e-6
+        )
+        assert entry["mmd2_q_ncp"] == pytest.approx(
+            reference_mmd2(flat_q.numpy(), flat_ncp.numpy(), sigma), abs=1e-6
+        )
     headline = result.headline
     assert headline["mmd2_q_ncp"] < headline["mmd2_q_p"]  # p_NCP here is drawn from q's own distribution
     assert headline["z_score"] > 2  # and p is 1.5x wider in 36 of 42 dimensions: resolvable at 300 samples
@@ -110,22 +116,37 @@ def test_relative_mmd_matches_the_closed_form_for_gaussians():
     q = torch.randn(3000, dim, generator=generator, dtype=torch.float64)
     p = torch.randn(2500, dim, generator=generator, dtype=torch.float64) * 1.2 + gap_p * direction
     ncp = torch.randn(2500, dim, generator=generator, dtype=torch.float64) + gap_ncp * direction
-    truth_p = (gaussian_kernel_mean(0, 1, 1, dim, sigma) + gaussian_kernel_mean(0, 1.44, 1.44, dim, sigma)
-               - 2 * gaussian_kernel_mean(gap_p, 1, 1.44, dim, sigma))
-    truth_ncp = 2 * gaussian_kernel_mean(0, 1, 1, dim, sigma) - 2 * gaussian_kernel_mean(gap_ncp, 1, 1, dim, sigma)
+    truth_p = (
+        gaussian_kernel_mean(0, 1, 1, dim, sigma)
+        + gaussian_kernel_mean(0, 1.44, 1.44, dim, sigma)
+        - 2 * gaussian_kernel_mean(gap_p, 1, 1.44, dim, sigma)
+    )
+    truth_ncp = 2 * gaussian_kernel_mean(0, 1, 1, dim, sigma) - 2 * gaussian_kernel_mean(
+        gap_ncp, 1, 1, dim, sigma
+    )
     result = relative_mmd(q, p, ncp, sigma)
     assert result.mmd2_q_p == pytest.approx(mmd2_unbiased(q, p, sigma), abs=1e-12)
     assert result.mmd2_q_ncp == pytest.approx(mmd2_unbiased(q, ncp, sigma), abs=1e-12)
     assert abs(result.mmd2_q_p - truth_p) < 4 * result.mmd2_q_p_se and result.mmd2_q_p_se < truth_p / 5
-    assert abs(result.mmd2_q_ncp - truth_ncp) < 4 * result.mmd2_q_ncp_se and result.mmd2_q_ncp_se < truth_ncp / 3
+    assert (
+        abs(result.mmd2_q_ncp - truth_ncp) < 4 * result.mmd2_q_ncp_se and result.mmd2_q_ncp_se < truth_ncp / 3
+    )
     assert abs(result.difference - (truth_p - truth_ncp)) < 4 * result.difference_se
     assert result.z_score > 4  # p_NCP (gap 0.3) is closer to q than p (gap 0.8, wider) is
 
 
-@pytest.mark.parametrize("gap_p, gap_ncp, low, high", [
-    (0.6, 0.3, 0.8, 1.25),  # all three populations differ: the first-order error is the spread
-    (0.0, 0.0, 0.9, 2.0),   # all the same distribution: second order; the plug-in error stays on the safe side
-])
+@pytest.mark.parametrize(
+    "gap_p, gap_ncp, low, high",
+    [
+        (0.6, 0.3, 0.8, 1.25),  # all three populations differ: the first-order error is the spread
+        (
+            0.0,
+            0.0,
+            0.9,
+            2.0,
+        ),  # all the same distribution: second order; the plug-in error stays on the safe side
+    ],
+)
 def test_standard_errors_match_the_spread_over_repeats(gap_p, gap_ncp, low, high):
     generator = torch.Generator().manual_seed(4)
     estimates, errors = [], []
@@ -151,16 +172,22 @@ def _write_latents_and_samples(tmp_path, num_samples: int):
     samples = []
     for method, scale in (("base", 1.3), ("sir", 1.0)):
         path = tmp_path / f"{method}.pt"
-        torch.save({"method": method, "latents": [torch.randn(num_samples, *s, generator=generator) * scale
-                                                  for s in shapes]}, path)
+        torch.save(
+            {
+                "method": method,
+                "latents": [torch.randn(num_samples, *s, generator=generator) * scale for s in shapes],
+            },
+            path,
+        )
         samples.append(path)
     return latents, samples
 
 
 def test_evaluate_mmd_writes_errors_and_the_per_scale_tally(tmp_path):
     latents, samples = _write_latents_and_samples(tmp_path, 400)
-    cfg = ExperimentConfig.from_params({"evaluate": {"mmd": {"num_samples": 300, "num_q": 600,
-                                                             "bandwidth_scales": [1.0, 0.5]}}})
+    cfg = ExperimentConfig.from_params(
+        {"evaluate": {"mmd": {"num_samples": 300, "num_q": 600, "bandwidth_scales": [1.0, 0.5]}}}
+    )
     evaluate_mmd(cfg, latents, samples, tmp_path / "mmd.json")
     report = read_json(tmp_path / "mmd.json")
     assert report["num_samples"] == 300 and report["num_q"] == 600 and report["ncp_method"] == "sir"
@@ -170,14 +197,18 @@ def test_evaluate_mmd_writes_errors_and_the_per_scale_tally(tmp_path):
         assert headline["scale"] == 1.0 and group["q_p"] == headline["mmd2_q_p"] and group["q_p_se"] > 0
         assert group["z_score"] == pytest.approx(headline["difference"] / headline["difference_se"])
     # The base prior is 1.3x too wide in every dimension: p_NCP (= q's law) is closer in both groups.
-    assert report["ncp_closer"] == {"1": {"groups": 2, "lower": 2, "closer": 2, "farther": 0},
-                                    "0.5": {"groups": 2, "lower": 2, "closer": 2, "farther": 0}}
+    assert report["ncp_closer"] == {
+        "1": {"groups": 2, "lower": 2, "closer": 2, "farther": 0},
+        "0.5": {"groups": 2, "lower": 2, "closer": 2, "farther": 0},
+    }
 
 
 def test_evaluate_mmd_refuses_fewer_samples_than_asked(tmp_path):
     latents, samples = _write_latents_and_samples(tmp_path, 100)
     cfg = ExperimentConfig.from_params({"evaluate": {"mmd": {"num_samples": 300}}})
-    with pytest.raises(ValueError, match="evaluate.mmd.num_samples is 300 but the sample files hold 100 images"):
+    with pytest.raises(
+        ValueError, match="evaluate.mmd.num_samples is 300 but the sample files hold 100 images"
+    ):
         evaluate_mmd(cfg, latents, samples, tmp_path / "mmd.json")
     assert not (tmp_path / "mmd.json").exists()
 

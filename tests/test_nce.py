@@ -73,9 +73,7 @@ def test_diagnostics_match_closed_form_divergences(mixture_classifiers, dim):
     found = evaluate_classifier(classifier, z_q, z_p)
     lq, lp = true_log_r(z_q), true_log_r(z_p)
     # the Bayes-optimal loss L* uses the true ratio: D = sigmoid(log r)
-    best_loss = (
-        torch.nn.functional.softplus(-lq).mean() + torch.nn.functional.softplus(lp).mean()
-    ).item()
+    best_loss = (torch.nn.functional.softplus(-lq).mean() + torch.nn.functional.softplus(lp).mean()).item()
     assert best_loss - 0.01 < found.loss < best_loss + 0.04, (found.loss, best_loss)
     assert found.jsd == pytest.approx(math.log(2) - found.loss / 2)
     # KL(q || p) = 0.42 (2-D), 1.12 (20-D); -KL(p || q) = -0.48, -1.57: learned ones are ~0.07 off

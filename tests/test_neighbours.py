@@ -37,7 +37,9 @@ def test_features_shape_range_and_identity_resize():
 def test_each_query_finds_its_exact_copy(channels):
     queries = random_images(4, channels=channels, size=28, seed=1)
     # Copies of the queries sit, in order, at positions 10..13 among random images.
-    train = torch.cat([random_images(10, channels, 28, seed=2), queries, random_images(6, channels, 28, seed=3)])
+    train = torch.cat(
+        [random_images(10, channels, 28, seed=2), queries, random_images(6, channels, 28, seed=3)]
+    )
     indices, distances = nearest_neighbours(neighbour_features(queries), neighbour_features(train), k=3)
     assert indices.dtype == np.int64 and indices.shape == (4, 3) and distances.shape == (4, 3)
     np.testing.assert_array_equal(indices[:, 0], np.arange(10, 14))

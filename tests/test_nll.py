@@ -6,7 +6,6 @@ r(z) = exp(a^T z) turns the prior into N(a, I) with Z = exp(|a|^2 / 2), so that 
 """
 
 import math
-from typing import Optional
 
 import pytest
 import torch
@@ -67,12 +66,14 @@ class LinearGaussianVAE(nn.Module):
         return logits
 
 
-def make_model(prior_mean: Optional[torch.Tensor] = None, q_widen: float = 1.0, q_shift: float = 0.0):
+def make_model(prior_mean: torch.Tensor | None = None, q_widen: float = 1.0, q_shift: float = 0.0):
     """The model with its exact posterior as q (for prior N(prior_mean, I)), optionally widened / shifted."""
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(DATA_DIM, LATENT_DIM, generator=generator, dtype=torch.float64)
     bias = torch.randn(DATA_DIM, generator=generator, dtype=torch.float64)
-    covariance = torch.linalg.inv(torch.eye(LATENT_DIM, dtype=torch.float64) + weight.T @ weight / NOISE_STD**2)
+    covariance = torch.linalg.inv(
+        torch.eye(LATENT_DIM, dtype=torch.float64) + weight.T @ weight / NOISE_STD**2
+    )
     enc_matrix = covariance @ weight.T / NOISE_STD**2
     prior_mean = torch.zeros(LATENT_DIM, dtype=torch.float64) if prior_mean is None else prior_mean
     enc_offset = covariance @ prior_mean + q_shift
@@ -137,7 +138,10 @@ def test_constant_log_ratio_cancels_with_its_normaliser():
     torch.manual_seed(5)
     base = importance_weighted_nll(model, x, num_iw_samples=16, batch_size=64)
     torch.manual_seed(5)
-    constant = lambda latents, contexts: torch.full((len(latents[0]),), 3.7, dtype=torch.float64)
+
+    def constant(latents, contexts):
+        return torch.full((len(latents[0]),), 3.7, dtype=torch.float64)
+
     tilted = importance_weighted_nll(model, x, num_iw_samples=16, batch_size=64, log_r_fn=constant, log_z=3.7)
     assert tilted.nats == pytest.approx(base.nats, abs=1e-9) and tilted.log_z == 3.7
 
@@ -148,7 +152,10 @@ def test_exponential_tilt_gives_the_shifted_prior_marginal():
     prior_mean = torch.tensor([0.8, -0.5], dtype=torch.float64)
     model = make_model(prior_mean=prior_mean)
     x = data(model)
-    log_r = lambda latents, contexts: latents[0] @ prior_mean
+
+    def log_r(latents, contexts):
+        return latents[0] @ prior_mean
+
     result = importance_weighted_nll(
         model, x, num_iw_samples=1, batch_size=8, log_r_fn=log_r, log_z=float(prior_mean @ prior_mean) / 2
     )

@@ -190,7 +190,12 @@ def test_config_reads_nvae_args_and_overrides() -> None:
     assert (config.input_size, config.input_channels, config.likelihood) == (64, 3, "dmol")
     assert (
         NVAEConfig.from_args(
-            {"dataset": "cifar10", "num_mixture_dec": 1, "num_preprocess_blocks": 1, "num_postprocess_blocks": 1}
+            {
+                "dataset": "cifar10",
+                "num_mixture_dec": 1,
+                "num_preprocess_blocks": 1,
+                "num_postprocess_blocks": 1,
+            }
         ).likelihood
         == "normal"
     )
@@ -235,7 +240,9 @@ def test_spectral_and_batchnorm_regularisers() -> None:
     torch.manual_seed(4)
     model = NVAE.from_args(TINY_MNIST_ARGS)
     convs = [m for m in model.modules() if isinstance(m, (WeightNormConv2d, PlainConv2d))]
-    exact = sum(torch.linalg.matrix_norm(m.normalized_weight().reshape(m.weight.size(0), -1), ord=2) for m in convs)
+    exact = sum(
+        torch.linalg.matrix_norm(m.normalized_weight().reshape(m.weight.size(0), -1), ord=2) for m in convs
+    )
     for _ in range(20):  # the power-iteration vectors persist across calls and converge
         estimate = model.spectral_loss()
     assert abs(estimate.item() - exact.item()) < 1e-3 * exact.item()

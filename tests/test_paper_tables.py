@@ -29,14 +29,28 @@ def _metrics(root, name, files):
 
 
 def _fid(**fids):
-    return {"features": "domain (fake)", "feature_net": "lenet", "num_samples": 321, "num_reference": 9,
-            "bootstrap": 2, "methods": {m: {"fid": v, "kid": 0.1, "fid_bootstrap_std": v / 10} for m, v in fids.items()},
-            "sampling": {}}
+    return {
+        "features": "domain (fake)",
+        "feature_net": "lenet",
+        "num_samples": 321,
+        "num_reference": 9,
+        "bootstrap": 2,
+        "methods": {m: {"fid": v, "kid": 0.1, "fid_bootstrap_std": v / 10} for m, v in fids.items()},
+        "sampling": {},
+    }
 
 
 def _nll(base, ncp):
-    return {"base": {"nats": base, "std_error": 0.5}, "ncp": {"nats": ncp, "std_error": 0.4}, "log_z": 0.25,
-            "log_z_se": 0.01, "log_z_ess": 900.0, "log_z_samples": 1000, "iw_samples": 10, "num_images": 50}
+    return {
+        "base": {"nats": base, "std_error": 0.5},
+        "ncp": {"nats": ncp, "std_error": 0.4},
+        "log_z": 0.25,
+        "log_z_se": 0.01,
+        "log_z_ess": 900.0,
+        "log_z_samples": 1000,
+        "iw_samples": 10,
+        "num_images": 50,
+    }
 
 
 def _groups(count):
@@ -78,14 +92,20 @@ def test_table2_takes_ours_from_the_sub_experiment(tmp_path):
 
 def test_table1_gmm_row_takes_the_sub_experiment_its_run_names(tmp_path):
     main = _metrics(tmp_path, "conv", {"fid.json": _fid(base=50.0, sir=45.0, recon=30.0)})
-    gmm = _metrics(tmp_path, "conv/table1/celeba64_conv_table1_gmm", {"fid.json": _fid(base=60.0, sir=42.5, recon=31.0)})
-    frame, missing = paper_tables.comparison_table(PAPER["table1"], [paper_tables.Run(main), paper_tables.Run(gmm)],
-                                                   own_rows=True)
+    gmm = _metrics(
+        tmp_path, "conv/table1/celeba64_conv_table1_gmm", {"fid.json": _fid(base=60.0, sir=42.5, recon=31.0)}
+    )
+    frame, missing = paper_tables.comparison_table(
+        PAPER["table1"], [paper_tables.Run(main), paper_tables.Run(gmm)], own_rows=True
+    )
     ours = dict(zip(frame["model"], frame["ours"]))
     source = dict(zip(frame["model"], frame["ours from"]))
     assert ours["VAE w/ Gaussian prior"] == 50.0 and ours["NCP w/ Gaussian prior as base"] == 45.0
     assert ours["Base VAE-Recon"] == 30.0 and ours["NCP w/ GMM prior as base"] == 42.5
-    assert source["NCP w/ GMM prior as base"] == "celeba64_conv_table1_gmm" and source["Base VAE-Recon"] == "conv"
+    assert (
+        source["NCP w/ GMM prior as base"] == "celeba64_conv_table1_gmm"
+        and source["Base VAE-Recon"] == "conv"
+    )
     diff = dict(zip(frame["model"], frame["ours - paper"]))
     assert diff["NCP w/ GMM prior as base"] == pytest.approx(42.5 - 39.00)
     assert missing == ["2s-VAE", "WAE", "RAE"]
@@ -101,9 +121,20 @@ def test_table7_rows_are_the_union_of_paper_and_our_group_counts(tmp_path):
     paper_tables.run("table7", _cfg(["table7"]), [main, six], [], tmp_path / "table7")
     rows, notes = _read_md(tmp_path / "table7.md")
     assert list(rows) == ["4", "6", "15", "30"]
-    assert (float(rows["4"]["ours NVAE"]), float(rows["4"]["ours NCP-VAE"]), rows["4"]["ours from"]) == (40, 20, "main")
-    assert (float(rows["4"]["ours NVAE ±"]), float(rows["4"]["ours NCP-VAE ±"])) == (4, 2)  # the bootstrap spreads
-    assert (float(rows["6"]["ours NVAE"]), float(rows["6"]["ours NCP-VAE"]), rows["6"]["ours from"]) == (35, 18, "groups_6")
+    assert (float(rows["4"]["ours NVAE"]), float(rows["4"]["ours NCP-VAE"]), rows["4"]["ours from"]) == (
+        40,
+        20,
+        "main",
+    )
+    assert (float(rows["4"]["ours NVAE ±"]), float(rows["4"]["ours NCP-VAE ±"])) == (
+        4,
+        2,
+    )  # the bootstrap spreads
+    assert (float(rows["6"]["ours NVAE"]), float(rows["6"]["ours NCP-VAE"]), rows["6"]["ours from"]) == (
+        35,
+        18,
+        "groups_6",
+    )
     assert (float(rows["6"]["paper NVAE"]), float(rows["6"]["paper NCP-VAE"])) == (33.18, 18.68)
     assert float(rows["30"]["paper NCP-VAE"]) == 5.25
     assert any(n.endswith(": 15 groups, 30 groups") for n in notes)
@@ -119,39 +150,81 @@ def test_table7_ncp_column_falls_back_to_ld(tmp_path):
 def test_table7_columns_do_not_depend_on_the_group_counts(tmp_path):
     run = _metrics(tmp_path, "main", {"fid.json": _fid(base=40.0, sir=20.0), **_groups(2)})
     frame, _ = paper_tables.groups_table(PAPER["table7"], [paper_tables.Run(run)])
-    assert list(frame.columns) == ["groups", "paper NVAE", "paper NCP-VAE", "ours NVAE", "ours NVAE ±", "ours NCP-VAE",
-                                   "ours NCP-VAE ±", "ours from"]
+    assert list(frame.columns) == [
+        "groups",
+        "paper NVAE",
+        "paper NCP-VAE",
+        "ours NVAE",
+        "ours NVAE ±",
+        "ours NCP-VAE",
+        "ours NCP-VAE ±",
+        "ours from",
+    ]
 
 
 def _sweep_record(sampler, steps, fid, time_1, time_10, memory_bytes):
     setting = {"num_proposals": steps} if sampler == "sir" else {"num_steps": steps, "step_size": 0.01}
-    sampling = {"sampler": sampler, "setting": setting, "time_1_s": time_1, "time_10_s": time_10,
-                "peak_memory_10_bytes": memory_bytes, "memory_kind": "process peak RSS", "seconds_per_image": 0.1}
+    sampling = {
+        "sampler": sampler,
+        "setting": setting,
+        "time_1_s": time_1,
+        "time_10_s": time_10,
+        "peak_memory_10_bytes": memory_bytes,
+        "memory_kind": "process peak RSS",
+        "seconds_per_image": 0.1,
+    }
     return {**_fid(x=fid), "sampling": {"x": sampling}}
 
 
 def test_table8_our_sweep_beside_the_papers(tmp_path):
-    main = _metrics(tmp_path, "main", {
-        "fid.json": _fid(base=40.0, sir=20.0),
-        "fid/sir_m5.json": _sweep_record("sir", 5, 25.0, 0.5, 1.5, 2.5e9),
-        "fid/sir.json": _sweep_record("sir", 50, 21.0, 0.75, 2.25, 3.0e9),
-        "fid/ld_t5.json": _sweep_record("ld", 5, 30.0, 1.25, 4.0, 0.5e9),
-        "fid/sir_m7.json": _sweep_record("sir", 7, 23.0, 0.5, 1.75, 2.75e9)})  # not a paper setting
+    main = _metrics(
+        tmp_path,
+        "main",
+        {
+            "fid.json": _fid(base=40.0, sir=20.0),
+            "fid/sir_m5.json": _sweep_record("sir", 5, 25.0, 0.5, 1.5, 2.5e9),
+            "fid/sir.json": _sweep_record("sir", 50, 21.0, 0.75, 2.25, 3.0e9),
+            "fid/ld_t5.json": _sweep_record("ld", 5, 30.0, 1.25, 4.0, 0.5e9),
+            "fid/sir_m7.json": _sweep_record("sir", 7, 23.0, 0.5, 1.75, 2.75e9),
+        },
+    )  # not a paper setting
     variants = ["sir_m5", "sir", "ld_t5", "sir_m7", "sir_m500"]  # sir_m500's file is absent
-    frame, missing, protocol = paper_tables.sampler_sweep_table(PAPER["table8"], paper_tables.Run(main), variants)
+    frame, missing, protocol = paper_tables.sampler_sweep_table(
+        PAPER["table8"], paper_tables.Run(main), variants
+    )
     table = frame.set_index(["method", "steps"])
-    assert list(table.index) == [("sir", 5), ("sir", 7), ("sir", 50), ("sir", 500), ("sir", 5000),
-                                 ("ld", 5), ("ld", 50), ("ld", 500), ("ld", 1000)]  # SIR first, as the paper
-    assert list(frame.columns) == ["method", "steps", "paper FID", "paper 1 img (s)", "paper 10 img (s)",
-                                   "paper memory (GB)", "ours FID", "ours FID ±", "ours 1 img (s)", "ours 10 img (s)",
-                                   "ours memory (GB)"]
+    assert list(table.index) == [
+        ("sir", 5),
+        ("sir", 7),
+        ("sir", 50),
+        ("sir", 500),
+        ("sir", 5000),
+        ("ld", 5),
+        ("ld", 50),
+        ("ld", 500),
+        ("ld", 1000),
+    ]  # SIR first, as the paper
+    assert list(frame.columns) == [
+        "method",
+        "steps",
+        "paper FID",
+        "paper 1 img (s)",
+        "paper 10 img (s)",
+        "paper memory (GB)",
+        "ours FID",
+        "ours FID ±",
+        "ours 1 img (s)",
+        "ours 10 img (s)",
+        "ours memory (GB)",
+    ]
     ours = ["ours FID", "ours 1 img (s)", "ours 10 img (s)", "ours memory (GB)"]
     assert list(table.loc[("sir", 5), ours]) == [25.0, 0.5, 1.5, 2.5]
     assert table.loc[("sir", 5), "ours FID ±"] == 2.5  # the record's bootstrap spread
     assert list(table.loc[("sir", 50), ours]) == [21.0, 0.75, 2.25, 3.0]
     assert list(table.loc[("ld", 5), ours]) == [30.0, 1.25, 4.0, 0.5]
-    assert list(table.loc[("sir", 5), ["paper FID", "paper 1 img (s)", "paper 10 img (s)", "paper memory (GB)"]]) \
-        == [11.75, 0.34, 0.42, 1.96]
+    assert list(
+        table.loc[("sir", 5), ["paper FID", "paper 1 img (s)", "paper 10 img (s)", "paper memory (GB)"]]
+    ) == [11.75, 0.34, 0.42, 1.96]
     assert table.loc[("sir", 7), "ours FID"] == 23.0 and pd.isna(table.loc[("sir", 7), "paper FID"])
     assert missing == ["sir 500", "sir 5000", "ld 50", "ld 500", "ld 1000"]
     assert protocol == {"memory_kind": "process peak RSS", "num_samples": 321, "features": "domain (fake)"}
@@ -169,14 +242,32 @@ def test_table8_note_needs_only_its_declared_inputs(tmp_path):
 
 
 def test_table9_mmd_per_group(tmp_path):
-    per_group = [{"group": 0, "q_p": 0.5, "q_pncp": 0.25, "bandwidth": 2.0, "dim": 16},
-                 {"group": 1, "q_p": 0.125, "q_pncp": 0.0625, "bandwidth": 3.0, "dim": 64}]
-    main = _metrics(tmp_path, "main", {"mmd.json": {"num_samples": 77, "ncp_method": "sir",
-                                                    "estimator": "unbiased MMD^2", "per_group": per_group}})
+    per_group = [
+        {"group": 0, "q_p": 0.5, "q_pncp": 0.25, "bandwidth": 2.0, "dim": 16},
+        {"group": 1, "q_p": 0.125, "q_pncp": 0.0625, "bandwidth": 3.0, "dim": 64},
+    ]
+    main = _metrics(
+        tmp_path,
+        "main",
+        {
+            "mmd.json": {
+                "num_samples": 77,
+                "ncp_method": "sir",
+                "estimator": "unbiased MMD^2",
+                "per_group": per_group,
+            }
+        },
+    )
     paper_tables.run("table9", _cfg(["table9"]), [main], [], tmp_path / "table9")
     rows, notes = _read_md(tmp_path / "table9.md")
     assert list(rows) == ["0", "1"]
-    assert [float(rows["1"][c]) for c in ("dim", "scale", "bandwidth", "q_p", "q_pncp")] == [64, 1, 3, 0.125, 0.0625]
+    assert [float(rows["1"][c]) for c in ("dim", "scale", "bandwidth", "q_p", "q_pncp")] == [
+        64,
+        1,
+        3,
+        0.125,
+        0.0625,
+    ]
     assert rows["1"]["q_p ±"] == rows["1"]["z"] == ""  # a file from before the errors: blank, not invented
     assert "77 samples of p and of p_NCP (by sir), 77 of q" in notes[0] and "unbiased MMD^2" in notes[0]
     assert notes[-1].endswith("group 5: 0.002 / 0.002, group 10: 0.08 / 0.06, group 12: 0.08 / 0.07")
@@ -185,23 +276,56 @@ def test_table9_mmd_per_group(tmp_path):
 
 def test_table9_rows_per_bandwidth_scale_with_errors_and_tally(tmp_path):
     def entry(scale, q_p, q_ncp, se):
-        return {"scale": scale, "bandwidth": 4 * scale, "mmd2_q_p": q_p, "mmd2_q_p_se": se, "mmd2_q_ncp": q_ncp,
-                "mmd2_q_ncp_se": se, "difference": q_p - q_ncp, "difference_se": se, "z_score": (q_p - q_ncp) / se}
-    per_group = [{"group": 0, "dim": 8, "scales": [entry(1.0, 0.5, 0.25, 0.0625), entry(0.5, 0.25, 0.375, 0.25)]}]
-    tally = {"1": {"groups": 1, "lower": 1, "closer": 1, "farther": 0},
-             "0.5": {"groups": 1, "lower": 0, "closer": 0, "farther": 0}}
-    main = _metrics(tmp_path, "main", {"mmd.json": {"num_samples": 50, "num_q": 900, "ncp_method": "ld",
-                                                    "estimator": "unbiased MMD^2", "ncp_closer": tally,
-                                                    "per_group": per_group}})
+        return {
+            "scale": scale,
+            "bandwidth": 4 * scale,
+            "mmd2_q_p": q_p,
+            "mmd2_q_p_se": se,
+            "mmd2_q_ncp": q_ncp,
+            "mmd2_q_ncp_se": se,
+            "difference": q_p - q_ncp,
+            "difference_se": se,
+            "z_score": (q_p - q_ncp) / se,
+        }
+
+    per_group = [
+        {"group": 0, "dim": 8, "scales": [entry(1.0, 0.5, 0.25, 0.0625), entry(0.5, 0.25, 0.375, 0.25)]}
+    ]
+    tally = {
+        "1": {"groups": 1, "lower": 1, "closer": 1, "farther": 0},
+        "0.5": {"groups": 1, "lower": 0, "closer": 0, "farther": 0},
+    }
+    main = _metrics(
+        tmp_path,
+        "main",
+        {
+            "mmd.json": {
+                "num_samples": 50,
+                "num_q": 900,
+                "ncp_method": "ld",
+                "estimator": "unbiased MMD^2",
+                "ncp_closer": tally,
+                "per_group": per_group,
+            }
+        },
+    )
     paper_tables.run("table9", _cfg(["table9"]), [main], [], tmp_path / "table9")
     lines = [line for line in (tmp_path / "table9.md").read_text().splitlines() if line.startswith("|")][2:]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
-    assert [[float(c) for c in row] for row in cells] == [[0, 8, 1, 4, 0.5, 0.0625, 0.25, 0.0625, 4],
-                                                           [0, 8, 0.5, 2, 0.25, 0.25, 0.375, 0.25, -0.5]]
+    assert [[float(c) for c in row] for row in cells] == [
+        [0, 8, 1, 4, 0.5, 0.0625, 0.25, 0.0625, 4],
+        [0, 8, 0.5, 2, 0.25, 0.25, 0.375, 0.25, -0.5],
+    ]
     notes = _read_md(tmp_path / "table9.md")[1]
     assert "50 samples of p and of p_NCP (by ld), 900 of q" in notes[0]
-    assert "- scale 1: q_pncp below q_p in 1 of 1 groups, by more than 2 standard errors in 1, above by more than 2 in 0" in notes
-    assert "- scale 0.5: q_pncp below q_p in 0 of 1 groups, by more than 2 standard errors in 0, above by more than 2 in 0" in notes
+    assert (
+        "- scale 1: q_pncp below q_p in 1 of 1 groups, by more than 2 standard errors in 1, above by more than 2 in 0"
+        in notes
+    )
+    assert (
+        "- scale 0.5: q_pncp below q_p in 0 of 1 groups, by more than 2 standard errors in 0, above by more than 2 in 0"
+        in notes
+    )
 
 
 def test_bad_table_name_or_no_runs_is_an_error(tmp_path):

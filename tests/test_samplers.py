@@ -35,9 +35,7 @@ def assert_moments_match(z: Tensor, mean: Tensor, cov: Tensor, limit: float = 5.
     mean_z = ((z.mean(0) - mean) / (var / n).sqrt()).abs().max().item()
     cov_se = ((var[:, None] * var[None, :] + cov**2) / n).sqrt()
     cov_z = ((torch.cov(z.T) - cov) / cov_se).abs().max().item()
-    assert mean_z < limit and cov_z < limit, (
-        f"mean off by {mean_z:.1f} se, covariance by {cov_z:.1f} se"
-    )
+    assert mean_z < limit and cov_z < limit, f"mean off by {mean_z:.1f} se, covariance by {cov_z:.1f} se"
 
 
 @pytest.mark.parametrize("dim, num_proposals", [(2, 100), (20, 200)])
@@ -119,9 +117,7 @@ def test_sir_memory_is_flat_in_num_proposals():
     assert z.shape == (num_images, 2) and torch.isfinite(z).all()
     assert counter.max_rows <= chunk_size * num_images
     assert counter.total_rows == num_proposals * num_images  # every proposal scored once
-    assert (
-        max(shape[0] for shape in draws) <= chunk_size and sum(s[0] for s in draws) == num_proposals
-    )
+    assert max(shape[0] for shape in draws) <= chunk_size and sum(s[0] for s in draws) == num_proposals
     assert 1.0 <= sampler.diagnostics()[0].mean_ess <= num_proposals
 
 

@@ -20,7 +20,11 @@ from ncp.priors.gmm import GMMPrior, fit_gmm_prior
 torch.set_num_threads(1)
 
 TINY_CONV = ConvVAEConfig(
-    image_size=32, in_channels=1, latent_dim=8, channels=(8, 16, 32, 64), kernel_size=3,
+    image_size=32,
+    in_channels=1,
+    latent_dim=8,
+    channels=(8, 16, 32, 64),
+    kernel_size=3,
     likelihood="bernoulli",
 )
 
@@ -127,9 +131,9 @@ def test_conv_gaussian_log_px_matches_the_closed_form():
     x = torch.rand(2, 1, 32, 32)
     logits = torch.randn(2, 1, 32, 32)
     mean = torch.sigmoid(logits)
-    expected = (
-        -0.5 * ((x - mean) / 0.4) ** 2 - math.log(0.4) - 0.5 * math.log(2 * math.pi)
-    ).sum(dim=(1, 2, 3))
+    expected = (-0.5 * ((x - mean) / 0.4) ** 2 - math.log(0.4) - 0.5 * math.log(2 * math.pi)).sum(
+        dim=(1, 2, 3)
+    )
     torch.testing.assert_close(model.log_px(logits, x), expected, rtol=1e-5, atol=1e-3)
     # RAE's CelebA VAE: Keras mse over 3 channels + 0.09024 KL = Gaussian std sqrt(3 * 0.09024 / 2).
     assert ConvVAEConfig().normal_std == pytest.approx(math.sqrt(3 * 0.09024 / 2))
@@ -192,9 +196,7 @@ def two_component_samples(num_points: int, seed: int = 0) -> tuple[np.ndarray, d
         "covariances": np.array([[[1.0, 0.5], [0.5, 1.0]], [[0.5, 0.0], [0.0, 2.0]]]),
     }
     labels = rng.choice(2, size=num_points, p=truth["weights"])
-    points = np.stack(
-        [rng.multivariate_normal(truth["means"][k], truth["covariances"][k]) for k in labels]
-    )
+    points = np.stack([rng.multivariate_normal(truth["means"][k], truth["covariances"][k]) for k in labels])
     return points, truth
 
 
@@ -345,7 +347,7 @@ def test_short_training_lowers_the_negative_elbo():
 
     before = mean_negative_elbo()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for step in range(120):
+    for _ in range(120):
         batch = x[torch.randint(0, 256, (64,), generator=generator)]
         loss = negative_elbo(model, batch).mean()
         optimizer.zero_grad()

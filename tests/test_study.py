@@ -27,19 +27,32 @@ def _write(path, content):
 def _default_like(tmp_path):
     """A small default-like study: a 4-group NVAE, a single-group MLP VAE for Table 2 (device cpu, same
     data) and a 2-group NVAE for Table 7 (labelled by its file stem, fewer training images)."""
-    mlp = _write(tmp_path / "overlays" / "mlp.yaml", {
-        "experiment": "mlp_vae", "device": "cpu", "vae": {"arch": "mlp"},
-        "paper": {"tables": ["table2"], "row": "single-group MLP", "experiments": {"table7": ["x.yaml"]}}})
-    groups = _write(tmp_path / "overlays" / "groups_2.yaml", {
-        "vae": {"nvae": {"num_groups_per_scale": 1}}, "data": {"train_limit": 100}})
-    return resolve_params({
-        "experiment": "main", "seed": 3,
-        "paper": {"tables": ["table6", "table7", "table8", "table9"],
-                  "experiments": {"table2": [mlp], "table7": [groups]},
-                  "table8": {"sir_num_proposals": [5, 77, 500], "ld_num_steps": [5, 50]}},
-        "vae": {"arch": "nvae", "nvae": {"num_latent_scales": 2, "num_groups_per_scale": 2}},
-        "sample": {"methods": ["sir"], "sir": {"num_proposals": 77}},
-    })
+    mlp = _write(
+        tmp_path / "overlays" / "mlp.yaml",
+        {
+            "experiment": "mlp_vae",
+            "device": "cpu",
+            "vae": {"arch": "mlp"},
+            "paper": {"tables": ["table2"], "row": "single-group MLP", "experiments": {"table7": ["x.yaml"]}},
+        },
+    )
+    groups = _write(
+        tmp_path / "overlays" / "groups_2.yaml",
+        {"vae": {"nvae": {"num_groups_per_scale": 1}}, "data": {"train_limit": 100}},
+    )
+    return resolve_params(
+        {
+            "experiment": "main",
+            "seed": 3,
+            "paper": {
+                "tables": ["table6", "table7", "table8", "table9"],
+                "experiments": {"table2": [mlp], "table7": [groups]},
+                "table8": {"sir_num_proposals": [5, 77, 500], "ld_num_steps": [5, 50]},
+            },
+            "vae": {"arch": "nvae", "nvae": {"num_latent_scales": 2, "num_groups_per_scale": 2}},
+            "sample": {"methods": ["sir"], "sir": {"num_proposals": 77}},
+        }
+    )
 
 
 def test_main_first_then_sub_experiments_with_overlays_applied(tmp_path):
@@ -63,7 +76,11 @@ def test_main_first_then_sub_experiments_with_overlays_applied(tmp_path):
     for sub in (mlp, groups):
         assert sub.params["experiment"] == sub.name
         assert sub.params["paper"]["tables"] == [] and sub.params["paper"]["experiments"] == {}
-        assert sub.params["paper"]["table8"] == {"sir_num_proposals": [], "ld_num_steps": [], "num_samples": None}
+        assert sub.params["paper"]["table8"] == {
+            "sir_num_proposals": [],
+            "ld_num_steps": [],
+            "num_samples": None,
+        }
     assert mlp.params["paper"]["row"] == "single-group MLP"  # the overlay's row, else its label
     assert groups.params["paper"]["row"] == "groups_2"
 
@@ -76,8 +93,12 @@ def test_two_overlays_with_one_label_are_an_error(tmp_path):
         with pytest.raises(ConfigError, match="'g'"):
             study_experiments(resolve_params({"paper": {"experiments": {"table7": pair}}}))
     # one label under two tables gives two folders: no clash
-    names = [e.name for e in study_experiments(resolve_params(
-        {"paper": {"experiments": {"table2": [first], "table7": [second]}}}))]
+    names = [
+        e.name
+        for e in study_experiments(
+            resolve_params({"paper": {"experiments": {"table2": [first], "table7": [second]}}})
+        )
+    ]
     assert names == ["default", "default/table2/g", "default/table7/g"]
 
 
@@ -89,8 +110,12 @@ def test_missing_overlay_is_an_error_naming_the_path(tmp_path):
 
 
 def test_sweep_keeps_the_runs_own_setting_plain():
-    params = resolve_params({"sample": {"methods": ["sir"], "sir": {"num_proposals": 50}, "ld": {"num_steps": 50}},
-                             "paper": {"table8": {"sir_num_proposals": [5, 50, 500], "ld_num_steps": [50, 5]}}})
+    params = resolve_params(
+        {
+            "sample": {"methods": ["sir"], "sir": {"num_proposals": 50}, "ld": {"num_steps": 50}},
+            "paper": {"table8": {"sir_num_proposals": [5, 50, 500], "ld_num_steps": [50, 5]}},
+        }
+    )
     # ld is not among this run's methods, so even its own step count is a sweep sample
     assert sweep_variants(params) == ["sir_m5", "sir", "sir_m500", "ld_t50", "ld_t5"]
     params["sample"]["methods"] = ["sir", "ld"]
@@ -109,8 +134,13 @@ def test_sweep_keeps_the_runs_own_setting_plain():
 
 def test_parse_variant_round_trip_onto_the_sample_config():
     sample = SampleConfig.from_section(resolve_params({})["sample"])
-    expected = {"base": ("base", {}), "sir": ("sir", {}), "ld": ("ld", {}),
-                "sir_m500": ("sir", {"sir_num_proposals": 500}), "ld_t7": ("ld", {"ld_num_steps": 7})}
+    expected = {
+        "base": ("base", {}),
+        "sir": ("sir", {}),
+        "ld": ("ld", {}),
+        "sir_m500": ("sir", {"sir_num_proposals": 500}),
+        "ld_t7": ("ld", {"ld_num_steps": 7}),
+    }
     for name, answer in expected.items():
         assert parse_variant(name) == answer
     _, overrides = parse_variant("sir_m500")
@@ -140,29 +170,44 @@ def test_table_metric_files_of_the_default_like_study(tmp_path):
     assert table_metric_files(experiments, "table2", []) == ["results/main/table2/mlp_vae/metrics/nll.json"]
     assert table_metric_files(experiments, "table6", []) == ["results/main/metrics/nll.json"]
     # Table 7: FID and one classifier file per group, for main (2 scales x 2) and the sub (2 x 1)
-    assert table_metric_files(experiments, "table7", []) == [
-        "results/main/metrics/fid.json"] + [f"results/main/metrics/nce/group_{k}.json" for k in range(4)] + [
+    assert table_metric_files(experiments, "table7", []) == ["results/main/metrics/fid.json"] + [
+        f"results/main/metrics/nce/group_{k}.json" for k in range(4)
+    ] + [
         "results/main/table7/groups_2/metrics/fid.json",
-        "results/main/table7/groups_2/metrics/nce/group_0.json", "results/main/table7/groups_2/metrics/nce/group_1.json"]
+        "results/main/table7/groups_2/metrics/nce/group_0.json",
+        "results/main/table7/groups_2/metrics/nce/group_1.json",
+    ]
     variants = sweep_variants(params)
     assert variants == ["sir_m5", "sir", "sir_m500", "ld_t5", "ld_t50"]
     assert table_metric_files(experiments, "table8", variants) == [
-        f"results/main/metrics/fid/{v}.json" for v in variants]
+        f"results/main/metrics/fid/{v}.json" for v in variants
+    ]
     assert table_metric_files(experiments, "table9", variants) == ["results/main/metrics/mmd.json"]
 
 
 def test_table1_reads_main_and_the_run_labelled_sub_experiment(tmp_path):
-    gmm = _write(tmp_path / "gmm.yaml", {"experiment": "celeba64_conv_table1_gmm", "vae": {"base_prior": "gmm"}})
-    params = resolve_params({"experiment": "conv", "vae": {"arch": "conv"},
-                             "paper": {"tables": ["table1"], "experiments": {"table1": [gmm]}}})
+    gmm = _write(
+        tmp_path / "gmm.yaml", {"experiment": "celeba64_conv_table1_gmm", "vae": {"base_prior": "gmm"}}
+    )
+    params = resolve_params(
+        {
+            "experiment": "conv",
+            "vae": {"arch": "conv"},
+            "paper": {"tables": ["table1"], "experiments": {"table1": [gmm]}},
+        }
+    )
     experiments = study_experiments(params)
     assert experiments[1].params["vae"]["base_prior"] == "gmm"
     assert experiments[0].params["vae"]["base_prior"] == "gaussian"
     assert table_metric_files(experiments, "table1", []) == [
-        "results/conv/metrics/fid.json", "results/conv/table1/celeba64_conv_table1_gmm/metrics/fid.json"]
+        "results/conv/metrics/fid.json",
+        "results/conv/table1/celeba64_conv_table1_gmm/metrics/fid.json",
+    ]
     # a single-group VAE has one classifier file
     assert table_metric_files(experiments, "table7", []) == [
-        "results/conv/metrics/fid.json", "results/conv/metrics/nce/group_0.json"]
+        "results/conv/metrics/fid.json",
+        "results/conv/metrics/nce/group_0.json",
+    ]
 
 
 def test_sharing_owner_follows_the_stage_params(tmp_path):

@@ -9,14 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from workflow_copy import copy_workflow, jobs_by_experiment
-
 
 
 def _snakemake(cwd: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run(["snakemake", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
 
 
 def test_dry_run_has_one_nce_job_per_latent_group(tmp_path):
@@ -31,8 +28,14 @@ def test_dry_run_has_one_nce_job_per_latent_group(tmp_path):
     assert jobs[("train_vae", "default")] == 1 and jobs[("tables", "")] == 1
     # Table 2's single-group MLP VAE and Table 7's 2-group NVAE run as sub-experiments, with their own
     # stage 1 and classifiers, but reuse the default's data split
-    assert jobs[("train_nce", "default/table2/table2_cpu")] == 1 and jobs[("train_nce", "default/table7/groups_2")] == 2
-    assert jobs[("evaluate_nll", "default/table2/table2_cpu")] == 1 and ("sample", "default/table2/table2_cpu") not in jobs
+    assert (
+        jobs[("train_nce", "default/table2/table2_cpu")] == 1
+        and jobs[("train_nce", "default/table7/groups_2")] == 2
+    )
+    assert (
+        jobs[("evaluate_nll", "default/table2/table2_cpu")] == 1
+        and ("sample", "default/table2/table2_cpu") not in jobs
+    )
     assert ("prepare_data", "default/table7/groups_2") not in jobs
     for table in ("table2", "table6", "table7", "table8", "table9"):
         assert jobs[(table, "")] == 1
@@ -59,7 +62,11 @@ def _markdown_rows(path: Path) -> list[dict]:
 
 def _number(text):
     try:
-        return float(text) if text not in (None, "nan") and not text.isdigit() else (text if text != "nan" else None)
+        return (
+            float(text)
+            if text not in (None, "nan") and not text.isdigit()
+            else (text if text != "nan" else None)
+        )
     except ValueError:
         return text
 
@@ -72,7 +79,11 @@ def _row(rows: list[dict], key: str, value: str) -> dict:
 def test_micro_params_run_end_to_end(tmp_path):
     copy_workflow(tmp_path)
     result = _snakemake(tmp_path, "--cores", "2", "--configfile", "params/test/micro.yaml")
-    logs = "\n".join(p.read_text() for p in (tmp_path / "results/micro/logs").glob("*.log")) if (tmp_path / "results/micro/logs").exists() else ""
+    logs = (
+        "\n".join(p.read_text() for p in (tmp_path / "results/micro/logs").glob("*.log"))
+        if (tmp_path / "results/micro/logs").exists()
+        else ""
+    )
     assert result.returncode == 0, result.stderr[-3000:] + logs[-3000:]
     out = tmp_path / "results/micro"
     summary = json.loads((out / "metrics/summary.json").read_text())
@@ -87,9 +98,19 @@ def test_micro_params_run_end_to_end(tmp_path):
         assert 0 < group["final_loss"] < 2.5
     samples = torch.load(out / "samples/sir.pt", weights_only=True)
     assert samples["images"].shape == (64, 1, 32, 32) and samples["images"].dtype == torch.uint8
-    for name in ("tables/results.md", "tables/table6.md", "tables/table9.md", "figures/samples_base.png",
-                 "figures/samples_sir.png", "figures/samples_ld.png", "figures/fig5_loss.png", "vae/checkpoint.pt",
-                 "figures/fig4_neighbours.png", "tables/table7.tex", "tables/table8.tex"):
+    for name in (
+        "tables/results.md",
+        "tables/table6.md",
+        "tables/table9.md",
+        "figures/samples_base.png",
+        "figures/samples_sir.png",
+        "figures/samples_ld.png",
+        "figures/fig5_loss.png",
+        "vae/checkpoint.pt",
+        "figures/fig4_neighbours.png",
+        "tables/table7.tex",
+        "tables/table8.tex",
+    ):
         assert (out / name).is_file(), name
     # Table 7: this run's 4 groups and the 2-group sub-experiment, each with both FIDs
     fid_2 = json.loads((out / "table7/groups_2/metrics/fid.json").read_text())["methods"]
@@ -107,8 +128,17 @@ def test_micro_params_run_end_to_end(tmp_path):
     assert not (out / "work/vae/resume.pt").exists()
     # The per-group NCE jobs run side by side with --cores 2: rerun just them (each logs when it started
     # and ended) and check that two of them overlap in time.
-    rerun = _snakemake(tmp_path, "--cores", "2", "--configfile", "params/test/micro.yaml",
-                       "--forcerun", "train_nce", "--until", "train_nce")
+    rerun = _snakemake(
+        tmp_path,
+        "--cores",
+        "2",
+        "--configfile",
+        "params/test/micro.yaml",
+        "--forcerun",
+        "train_nce",
+        "--until",
+        "train_nce",
+    )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "rule sample" not in rerun.stdout + rerun.stderr  # --until stops before the downstream jobs
     spans = []

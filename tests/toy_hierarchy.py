@@ -56,9 +56,7 @@ class GaussianMixture:
     def covariance(self) -> Tensor:
         """Cov[z] = sigma^2 I + sum_j pi_j mu_j mu_j^T - E[z] E[z]^T, (D, D)."""
         m = self.mean()
-        second = (
-            self.weights[:, None, None] * self.means[:, :, None] * self.means[:, None, :]
-        ).sum(0)
+        second = (self.weights[:, None, None] * self.means[:, :, None] * self.means[:, None, :]).sum(0)
         return self.std**2 * torch.eye(self.dim) + second - torch.outer(m, m)
 
 
@@ -124,9 +122,7 @@ class SingleGroupToyVAE:
         return isotropic_normal_log_prob(x.flatten(1), logits.flatten(1), 1.0)
 
     @torch.no_grad()
-    def walk_prior(
-        self, num_images: int, choose: GroupSampler, temperature: float = 1.0
-    ) -> PriorWalk:
+    def walk_prior(self, num_images: int, choose: GroupSampler, temperature: float = 1.0) -> PriorWalk:
         z = choose(0, standard_normal(num_images, self.dim, temperature), None)
         return PriorWalk(logits=z, latents=[z], contexts=[None])
 
@@ -226,9 +222,7 @@ class TwoGroupToyVAE:
         return isotropic_normal_log_prob(x.flatten(1), logits.flatten(1), 1.0)
 
     @torch.no_grad()
-    def walk_prior(
-        self, num_images: int, choose: GroupSampler, temperature: float = 1.0
-    ) -> PriorWalk:
+    def walk_prior(self, num_images: int, choose: GroupSampler, temperature: float = 1.0) -> PriorWalk:
         z1 = choose(0, standard_normal(num_images, self.dim, temperature), None)
         z2 = choose(1, self.prior_2(z1, temperature), z1)
         return PriorWalk(logits=torch.cat([z1, z2], 1), latents=[z1, z2], contexts=[None, z1])

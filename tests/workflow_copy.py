@@ -41,7 +41,7 @@ def jobs_by_experiment(output: str) -> dict[tuple[str, str], int]:
         for line in block.splitlines():
             line = line.strip()
             if line.startswith("wildcards:"):
-                fields = dict(part.strip().split("=", 1) for part in line[len("wildcards:"):].split(", "))
+                fields = dict(part.strip().split("=", 1) for part in line[len("wildcards:") :].split(", "))
                 experiment = fields.get("experiment", "").strip()
                 break
             if line.startswith("Job stats") or line == "":

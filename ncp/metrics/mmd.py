@@ -17,8 +17,8 @@ it (about 1.4x) where they are the same distribution and the fluctuation is of s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -80,7 +80,9 @@ def kernel_means(a: Tensor, b: Tensor, bandwidth: float, same: bool = False) -> 
 
 def _check_pair(x: Tensor, y: Tensor, bandwidth: float) -> None:
     if x.shape[1] != y.shape[1] or len(x) < 2 or len(y) < 2:
-        raise ValueError(f"need (M >= 2, D) and (N >= 2, D) samples, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"need (M >= 2, D) and (N >= 2, D) samples, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     if bandwidth <= 0:
         raise ValueError(f"bandwidth must be positive, got {bandwidth}")
 
@@ -154,7 +156,7 @@ class LatentMMDResult:
     median_bandwidth: float  # the median heuristic; bandwidth = scale x this, in the (PCA-reduced) space
     latent_dim: int  # flattened latent dimension before PCA
     compared_dim: int  # dimension the MMD was computed in
-    pca_fitted_on: Optional[str]  # "q" where PCA was applied, None otherwise
+    pca_fitted_on: str | None  # "q" where PCA was applied, None otherwise
     num_q: int
     num_p: int
     num_ncp: int

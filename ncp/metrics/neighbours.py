@@ -79,8 +79,14 @@ def neighbour_grid(queries: torch.Tensor, train_images: torch.Tensor, indices: n
 
 
 def write_neighbour_figure(
-    samples_path: Path, train_path: Path, out_png: Path, num_queries: int, num_neighbours: int,
-    resize: int, crop: int, seed: int,
+    samples_path: Path,
+    train_path: Path,
+    out_png: Path,
+    num_queries: int,
+    num_neighbours: int,
+    resize: int,
+    crop: int,
+    seed: int,
 ) -> dict:
     """Write the figure for the first ``num_queries`` samples of a `ncp sample` file against an ImageSet
     file, and return a summary to log. ``seed`` is recorded only: the queries are taken in order."""
@@ -94,7 +100,9 @@ def write_neighbour_figure(
     train_images = load_image_set(train_path).images
     queries = sample_images[:num_queries]
     indices, distances = nearest_neighbours(
-        neighbour_features(queries, resize, crop), neighbour_features(train_images, resize, crop), num_neighbours
+        neighbour_features(queries, resize, crop),
+        neighbour_features(train_images, resize, crop),
+        num_neighbours,
     )
     grid = neighbour_grid(queries, train_images, indices)
 

@@ -9,8 +9,8 @@ a strict bound (see the evaluation notes). Call ``vae.eval()`` first where the m
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -39,7 +39,7 @@ class NLLResult:
         return asdict(self)
 
 
-def _model_input(images: Tensor, binarize_generator: Optional[torch.Generator]) -> Tensor:
+def _model_input(images: Tensor, binarize_generator: torch.Generator | None) -> Tensor:
     """Float model input: a fresh binarisation of uint8 images when a generator is given, else pixel/255."""
     if images.dtype == torch.uint8:
         return binarize(images, binarize_generator) if binarize_generator is not None else to_float(images)
@@ -56,7 +56,7 @@ def _model_device(vae) -> torch.device:
 
 @torch.no_grad()
 def log_importance_weights(
-    vae: LatentVAE, x: Tensor, num_samples: int, log_r_fn: Optional[LogRatioFn] = None
+    vae: LatentVAE, x: Tensor, num_samples: int, log_r_fn: LogRatioFn | None = None
 ) -> Tensor:
     """log w (B, K) for float images x (B, ...): K encoder passes with noise 1 on each image."""
     x_repeated = x.repeat_interleave(num_samples, dim=0)  # (B * K, ...), each image K times in a row
@@ -72,10 +72,10 @@ def importance_weighted_nll(
     images: Tensor,
     num_iw_samples: int,
     batch_size: int,
-    log_r_fn: Optional[LogRatioFn] = None,
+    log_r_fn: LogRatioFn | None = None,
     log_z: float = 0.0,
-    binarize_generator: Optional[torch.Generator] = None,
-    num_dims: Optional[int] = None,
+    binarize_generator: torch.Generator | None = None,
+    num_dims: int | None = None,
 ) -> NLLResult:
     """IW estimate of -log p(x) for images (N, C, H, W) with ``num_iw_samples`` samples per image.
 
@@ -87,7 +87,9 @@ def importance_weighted_nll(
     count where log p(x|z) skips padding (784 for MNIST padded to 32x32).
     """
     if num_iw_samples < 1 or batch_size < 1:
-        raise ValueError(f"num_iw_samples and batch_size must be positive, got {num_iw_samples}, {batch_size}")
+        raise ValueError(
+            f"num_iw_samples and batch_size must be positive, got {num_iw_samples}, {batch_size}"
+        )
     if len(images) == 0:
         raise ValueError("importance_weighted_nll got no images")
     device = _model_device(vae)
@@ -106,4 +108,6 @@ def importance_weighted_nll(
     dims = int(num_dims) if num_dims is not None else int(torch.Size(images.shape[1:]).numel())
     std_error = float(nll.std(unbiased=True) / math.sqrt(len(nll))) if len(nll) > 1 else float("nan")
     nats = float(nll.mean())
-    return NLLResult(nats, nats / (math.log(2) * dims), std_error, len(nll), num_iw_samples, float(log_z), dims)
+    return NLLResult(
+        nats, nats / (math.log(2) * dims), std_error, len(nll), num_iw_samples, float(log_z), dims
+    )

@@ -10,8 +10,9 @@ parameterises that prior (``None`` where the prior has no input, e.g. group 0 or
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -20,7 +21,7 @@ from torch.distributions import Distribution
 # A rule that picks z_k for one group during ancestral sampling: (group index, prior p(z_k|z_<k) with
 # batch shape (B,), context c(z_<k) or None) -> z_k of shape (B, *group_shape). Plain sampling is
 # ``lambda k, prior, context: prior.sample()``; SIR and Langevin dynamics are other such rules.
-GroupSampler = Callable[[int, Distribution, Optional[Tensor]], Tensor]
+GroupSampler = Callable[[int, Distribution, Tensor | None], Tensor]
 
 
 @dataclass
@@ -32,7 +33,7 @@ class VAEOutput:
     log_p: Tensor  # (B,) log p(z), summed over groups
     kl: Tensor  # (B, K) KL(q || p) per group (single-sample estimate where flows are used)
     latents: list[Tensor]  # z_k ~ q(z_k | z_<k, x), each (B, *group_shape)
-    contexts: list[Optional[Tensor]]  # c(z_<k) for each group, computed from the z_<k above
+    contexts: list[Tensor | None]  # c(z_<k) for each group, computed from the z_<k above
     priors: list[Distribution]  # p(z_k | z_<k) for each group, batch shape (B,)
 
 
@@ -42,7 +43,7 @@ class PriorWalk:
 
     logits: Tensor  # decoder output parameters for the sampled z
     latents: list[Tensor]  # the chosen z_k, each (B, *group_shape)
-    contexts: list[Optional[Tensor]]  # c(z_<k) each group was sampled with
+    contexts: list[Tensor | None]  # c(z_<k) each group was sampled with
 
 
 class LatentVAE(Protocol):
@@ -53,7 +54,7 @@ class LatentVAE(Protocol):
     def group_shapes(self) -> list[tuple[int, ...]]:
         """Shape of z_k (without the batch dimension) for each group, in ancestral order."""
 
-    def context_shapes(self) -> list[Optional[tuple[int, ...]]]:
+    def context_shapes(self) -> list[tuple[int, ...] | None]:
         """Shape of c(z_<k) for each group, or None where the group has no context."""
 
     def forward(self, x: Tensor, noise_scale: float = 1.0) -> VAEOutput:
@@ -62,9 +63,7 @@ class LatentVAE(Protocol):
     def log_px(self, logits: Tensor, x: Tensor) -> Tensor:
         """log p(x | z) per image, (B,), for decoder output ``logits``."""
 
-    def walk_prior(
-        self, num_images: int, choose: GroupSampler, temperature: float = 1.0
-    ) -> PriorWalk:
+    def walk_prior(self, num_images: int, choose: GroupSampler, temperature: float = 1.0) -> PriorWalk:
         """Ancestral sampling: for each group, build p(z_k|z_<k) (std scaled by temperature),
         let ``choose`` pick z_k, feed it to the decoder; decode at the end."""
 
@@ -75,7 +74,7 @@ class LatentVAE(Protocol):
         """The image the decoder output stands for (its mean), (B, C, H, W) in [0, 1]."""
 
 
-def sample_from_prior(k: int, prior: Distribution, context: Optional[Tensor]) -> Tensor:
+def sample_from_prior(k: int, prior: Distribution, context: Tensor | None) -> Tensor:
     """The base prior's GroupSampler: draw z_k from p(z_k | z_<k)."""
     return prior.sample()
 

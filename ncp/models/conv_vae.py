@@ -77,17 +77,20 @@ class ConvVAEConfig:
         check_base_prior_fields(self.base_prior, self.gmm_components, self.gmm_covariance)
 
 
-def conv_block(
-    n_in: int, n_out: int, kernel_size: int, batch_norm: bool, transposed: bool
-) -> nn.Sequential:
+def conv_block(n_in: int, n_out: int, kernel_size: int, batch_norm: bool, transposed: bool) -> nn.Sequential:
     """A stride-2 conv (halves H, W) or transposed conv (doubles them), then batch norm and ReLU."""
     padding = (kernel_size - 1) // 2
     if transposed:
         # out = 2 * in - 2 - 2 * padding + kernel_size + output_padding: pick it to get 2 * in.
         output_padding = 2 + 2 * padding - kernel_size
         conv: nn.Module = nn.ConvTranspose2d(
-            n_in, n_out, kernel_size, stride=2, padding=padding,
-            output_padding=output_padding, bias=not batch_norm,
+            n_in,
+            n_out,
+            kernel_size,
+            stride=2,
+            padding=padding,
+            output_padding=output_padding,
+            bias=not batch_norm,
         )
     else:
         conv = nn.Conv2d(n_in, n_out, kernel_size, stride=2, padding=padding, bias=not batch_norm)
@@ -151,9 +154,7 @@ class ConvVAE(SingleGroupVAE):
         """Raise ValueError unless x is (B, in_channels, image_size, image_size)."""
         c, s = self.config.in_channels, self.config.image_size
         if x.dim() != 4 or x.shape[1:] != (c, s, s):
-            raise ValueError(
-                f"ConvVAE expects images of shape (B, {c}, {s}, {s}); got {tuple(x.shape)}"
-            )
+            raise ValueError(f"ConvVAE expects images of shape (B, {c}, {s}, {s}); got {tuple(x.shape)}")
 
     def encode(self, x: Tensor) -> Independent:
         """q(z|x) = N(loc, diag(sigma^2)), log sigma = max_log_scale * tanh(linear(features))."""
@@ -176,9 +177,7 @@ class ConvVAE(SingleGroupVAE):
         mean sigmoid(logits) and std exp(log_normal_std)."""
         self._check_images(x)
         if logits.shape != x.shape:
-            raise ValueError(
-                f"logits shape {tuple(logits.shape)} does not match x {tuple(x.shape)}"
-            )
+            raise ValueError(f"logits shape {tuple(logits.shape)} does not match x {tuple(x.shape)}")
         if self.config.likelihood == "bernoulli":
             per_pixel = -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
         else:

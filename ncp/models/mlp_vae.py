@@ -10,7 +10,7 @@ the central 28x28 itself and pads its mean images back.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +62,7 @@ def tanh_mlp(sizes: list[int]) -> nn.Sequential:
 class MLPVAE(SingleGroupVAE):
     """The Table 2 VAE: Gaussian q(z|x) and Bernoulli p(x|z) from tanh MLPs, on 28x28 crops."""
 
-    def __init__(self, config: MLPVAEConfig = MLPVAEConfig(), data_mean: Optional[Tensor] = None):
+    def __init__(self, config: MLPVAEConfig = MLPVAEConfig(), data_mean: Tensor | None = None):
         """``data_mean``: the mean training image in [0, 1] (image_size^2 or crop_size^2 pixels, any
         shape), used to centre the encoder input and to initialise the decoder's output bias."""
         super().__init__()
@@ -103,9 +103,7 @@ class MLPVAE(SingleGroupVAE):
             return self._crop(mean.reshape(1, 1, size, size)).flatten()
         if mean.numel() == crop * crop:
             return mean
-        raise ValueError(
-            f"data_mean must have {size}x{size} or {crop}x{crop} pixels; got {mean.numel()}"
-        )
+        raise ValueError(f"data_mean must have {size}x{size} or {crop}x{crop} pixels; got {mean.numel()}")
 
     def _crop(self, x: Tensor) -> Tensor:
         """Central crop_size x crop_size window of (B, 1, image_size, image_size) images."""
@@ -117,9 +115,7 @@ class MLPVAE(SingleGroupVAE):
         """Check that x is (B, 1, image_size, image_size) and return its crop as (B, crop^2)."""
         size = self.config.image_size
         if x.dim() != 4 or x.shape[1:] != (1, size, size):
-            raise ValueError(
-                f"MLPVAE expects images of shape (B, 1, {size}, {size}); got {tuple(x.shape)}"
-            )
+            raise ValueError(f"MLPVAE expects images of shape (B, 1, {size}, {size}); got {tuple(x.shape)}")
         return self._crop(x).reshape(x.shape[0], -1)  # (B, crop^2)
 
     def encode(self, x: Tensor) -> Independent:
@@ -155,4 +151,3 @@ def negative_elbo(model: SingleGroupVAE, x: Tensor) -> Tensor:
     """Per-image -ELBO = KL(q||p) - log p(x|z) with one z ~ q(z|x), (B,)."""
     output = model(x)
     return output.kl.sum(dim=1) - model.log_px(output.logits, x)
-

@@ -7,7 +7,7 @@ With one latent group there is no context (c = None) and ancestral sampling is o
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -56,9 +56,7 @@ def config_from_dict(config_class: type, values: dict[str, Any]) -> Any:
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(f"unknown {config_class.__name__} keys: {unknown}")
-    converted = {
-        name: tuple(value) if isinstance(value, list) else value for name, value in values.items()
-    }
+    converted = {name: tuple(value) if isinstance(value, list) else value for name, value in values.items()}
     return config_class(**converted)
 
 
@@ -104,9 +102,7 @@ class SingleGroupVAE(nn.Module):
             )
         elif isinstance(prior, StandardNormalPrior):
             if prior.latent_dim != self.latent_dim:
-                raise ValueError(
-                    f"prior has latent_dim {prior.latent_dim}, the VAE has {self.latent_dim}"
-                )
+                raise ValueError(f"prior has latent_dim {prior.latent_dim}, the VAE has {self.latent_dim}")
             self.config = dataclasses.replace(self.config, base_prior="gaussian")
         else:
             raise ValueError(
@@ -144,7 +140,7 @@ class SingleGroupVAE(nn.Module):
         """One group: z is a flat vector of ``latent_dim`` entries."""
         return [(self.latent_dim,)]
 
-    def context_shapes(self) -> list[Optional[tuple[int, ...]]]:
+    def context_shapes(self) -> list[tuple[int, ...] | None]:
         """The single group's prior takes no input, so it has no context."""
         return [None]
 
@@ -189,9 +185,7 @@ class SingleGroupVAE(nn.Module):
             priors=[prior],
         )
 
-    def walk_prior(
-        self, num_images: int, choose: GroupSampler, temperature: float = 1.0
-    ) -> PriorWalk:
+    def walk_prior(self, num_images: int, choose: GroupSampler, temperature: float = 1.0) -> PriorWalk:
         """Build the base prior (std scaled by ``temperature``), let ``choose`` pick z, decode."""
         prior = self.base_prior(num_images, temperature)
         z = choose(0, prior, None)
@@ -201,4 +195,3 @@ class SingleGroupVAE(nn.Module):
     def sample(self, num_images: int, temperature: float = 1.0) -> Tensor:
         """Decoder output parameters for z drawn from the base prior."""
         return self.walk_prior(num_images, sample_from_prior, temperature).logits
-

@@ -143,9 +143,7 @@ class MLPResidualBlock(nn.Module):
 
     def __init__(self, width: int):
         super().__init__()
-        self.body = nn.Sequential(
-            nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width)
-        )
+        self.body = nn.Sequential(nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
 
     def forward(self, h: Tensor) -> Tensor:
         """Residual update of h (N, width)."""
@@ -161,9 +159,7 @@ class MLPClassifier(nn.Module):
         super().__init__()
         # Linear(cat[z, c]) = Linear_z(z) + Linear_c(c); the split lets the context broadcast
         self.z_in = nn.Linear(latent_dim, hidden)
-        self.context_in = (
-            None if context_dim is None else nn.Linear(context_dim, hidden, bias=False)
-        )
+        self.context_in = None if context_dim is None else nn.Linear(context_dim, hidden, bias=False)
         self.blocks = nn.Sequential(*[MLPResidualBlock(hidden) for _ in range(num_blocks)])
         self.head = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 1))
         nn.init.zeros_(self.head[-1].weight)

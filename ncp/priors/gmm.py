@@ -134,8 +134,7 @@ def fit_gmm_prior(
         raise ValueError(f"posterior_means must be (N, D); got shape {points.shape}")
     if points.shape[0] < num_components:
         raise ValueError(
-            f"need at least num_components={num_components} points to fit a GMM; "
-            f"got {points.shape[0]}"
+            f"need at least num_components={num_components} points to fit a GMM; got {points.shape[0]}"
         )
     if not np.isfinite(points).all():
         raise ValueError("posterior_means contain NaN or infinite values")

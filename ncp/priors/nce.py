@@ -74,9 +74,7 @@ def _batch(
     )
 
 
-def _logits(
-    classifier: nn.Module, z_q: Tensor, z_p: Tensor, context: Tensor | None
-) -> tuple[Tensor, Tensor]:
+def _logits(classifier: nn.Module, z_q: Tensor, z_p: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
     """Logits on q and p rows from one pass, so BatchNorm (if used) sees both classes together."""
     z = torch.cat([z_q, z_p])  # (2B, ...)
     c = None if context is None else torch.cat([context, context])  # (2B, ...)

@@ -25,9 +25,7 @@ class NCPPrior(nn.Module):
         super().__init__()
         self.num_groups = len(classifiers)
         # ModuleDict keyed by group index: nn.ModuleList cannot hold the None of groups left alone
-        self.classifiers = nn.ModuleDict(
-            {str(k): c for k, c in enumerate(classifiers) if c is not None}
-        )
+        self.classifiers = nn.ModuleDict({str(k): c for k, c in enumerate(classifiers) if c is not None})
 
     def has_classifier(self, k: int) -> bool:
         """Whether group k is reweighted (False: r_k = 1)."""

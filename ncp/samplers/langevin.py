@@ -22,9 +22,7 @@ class LangevinSampler:
 
     def __init__(self, ncp_prior: NCPPrior, num_steps: int, step_size: float):
         if num_steps < 0 or not step_size > 0:
-            raise ValueError(
-                f"need num_steps >= 0 and step_size > 0, got {num_steps} and {step_size}"
-            )
+            raise ValueError(f"need num_steps >= 0 and step_size > 0, got {num_steps} and {step_size}")
         # eval mode: BatchNorm must use its running statistics, not the chains' batch statistics
         self.ncp_prior = ncp_prior.eval()
         self.num_steps = num_steps

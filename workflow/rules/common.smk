@@ -5,7 +5,14 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from ncp.config import num_latent_groups, resolve_params, stage_params_json
-from ncp.study import sharing_owner, study_experiments, sweep_variants, table_metric_files, table_runs, written_tables
+from ncp.study import (
+    sharing_owner,
+    study_experiments,
+    sweep_variants,
+    table_metric_files,
+    table_runs,
+    written_tables,
+)
 
 
 def _cuda_available():
@@ -76,20 +83,37 @@ GPU_PER_JOB = int(PARAMS["device"] != "cpu" and _cuda_available())
 # The ncp/ modules each stage runs: declared as inputs, so a code change reruns exactly its jobs.
 _SHARED_CODE = ["ncp/config.py", "ncp/runtime.py", "ncp/cli.py", "ncp/params.schema.yaml"]
 _MODEL_CODE = ["ncp/models/base.py", "ncp/models/registry.py"] + sorted(
-    str(p) for p in Path("ncp/models").rglob("*.py") if p.name not in ("base.py", "registry.py", "__init__.py")
+    str(p)
+    for p in Path("ncp/models").rglob("*.py")
+    if p.name not in ("base.py", "registry.py", "__init__.py")
 )
 _PRIOR_CODE = ["ncp/priors/classifiers.py", "ncp/priors/ncp_prior.py", "ncp/priors/checkpoints.py"]
 STAGE_CODE = {
     "prepare-data": _SHARED_CODE + ["ncp/prepare_data.py", "ncp/data/datasets.py"],
-    "train-vae": _SHARED_CODE + _MODEL_CODE + ["ncp/train_vae.py", "ncp/data/datasets.py", "ncp/priors/gmm.py"],
+    "train-vae": _SHARED_CODE
+    + _MODEL_CODE
+    + ["ncp/train_vae.py", "ncp/data/datasets.py", "ncp/priors/gmm.py"],
     "cache-latents": _SHARED_CODE + _MODEL_CODE + ["ncp/cache_latents.py", "ncp/data/datasets.py"],
     "train-nce": _SHARED_CODE + _PRIOR_CODE + ["ncp/train_nce.py", "ncp/priors/nce.py"],
-    "sample": _SHARED_CODE + _MODEL_CODE + _PRIOR_CODE
+    "sample": _SHARED_CODE
+    + _MODEL_CODE
+    + _PRIOR_CODE
     + ["ncp/sample.py", "ncp/study.py", "ncp/samplers/sir.py", "ncp/samplers/langevin.py"],
-    "evaluate": _SHARED_CODE + _MODEL_CODE + _PRIOR_CODE
-    + ["ncp/evaluate.py", "ncp/data/datasets.py", "ncp/metrics/fid.py", "ncp/metrics/feature_nets.py",
-       "ncp/metrics/mmd.py", "ncp/metrics/nll.py", "ncp/metrics/log_z.py", "ncp/metrics/neighbours.py"],
-    "tables": _SHARED_CODE + ["ncp/tables.py", "ncp/paper_tables.py", "ncp/study.py", "ncp/paper_results.yaml"],
+    "evaluate": _SHARED_CODE
+    + _MODEL_CODE
+    + _PRIOR_CODE
+    + [
+        "ncp/evaluate.py",
+        "ncp/data/datasets.py",
+        "ncp/metrics/fid.py",
+        "ncp/metrics/feature_nets.py",
+        "ncp/metrics/mmd.py",
+        "ncp/metrics/nll.py",
+        "ncp/metrics/log_z.py",
+        "ncp/metrics/neighbours.py",
+    ],
+    "tables": _SHARED_CODE
+    + ["ncp/tables.py", "ncp/paper_tables.py", "ncp/study.py", "ncp/paper_results.yaml"],
 }
 
 
@@ -131,8 +155,11 @@ def paper_table_runs(table):
 def all_outputs():
     """What `snakemake` builds by default for this experiment: its summary, tables, figures and grids."""
     return (
-        [f"{MAIN_RESULTS}/metrics/summary.json", f"{MAIN_RESULTS}/tables/results.md",
-         f"{MAIN_RESULTS}/figures/fig4_neighbours.png"]
+        [
+            f"{MAIN_RESULTS}/metrics/summary.json",
+            f"{MAIN_RESULTS}/tables/results.md",
+            f"{MAIN_RESULTS}/figures/fig4_neighbours.png",
+        ]
         + expand(f"{MAIN_RESULTS}/figures/samples_{{method}}.png", method=SAMPLE_METHODS)
         + expand(f"{MAIN_RESULTS}/tables/{{table}}.{{ext}}", table=written_tables(PARAMS), ext=["md", "tex"])
     )

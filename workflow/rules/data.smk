@@ -6,11 +6,11 @@ rule prepare_data:
     output:
         train=f"{RESULTS}/data/train.pt",
         test=f"{RESULTS}/data/test.pt",
-    params:
-        cfg=params_json("prepare-data"),
-    conda:
-        "../envs/ncp.yaml"
     log:
         f"{RESULTS}/logs/prepare_data.log",
+    conda:
+        "../envs/ncp.yaml"
+    params:
+        cfg=params_json("prepare-data"),
     shell:
         "ncp prepare-data --params-json {params.cfg:q} --train-out {output.train} --test-out {output.test} > {log} 2>&1"

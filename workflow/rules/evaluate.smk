@@ -7,14 +7,14 @@ rule fid_features:
     output:
         features=f"{RESULTS}/features/reference.npz",
         network=f"{RESULTS}/features/network.pt",
-    params:
-        cfg=params_json("evaluate-features"),
-    resources:
-        gpu=GPU_PER_JOB,
-    conda:
-        "../envs/ncp.yaml"
     log:
         f"{RESULTS}/logs/fid_features.log",
+    conda:
+        "../envs/ncp.yaml"
+    resources:
+        gpu=GPU_PER_JOB,
+    params:
+        cfg=params_json("evaluate-features"),
     shell:
         "ncp evaluate features --params-json {params.cfg:q} --train-data {input.train} "
         "--test-data {input.test} --out {output.features} > {log} 2>&1"
@@ -32,14 +32,14 @@ rule evaluate_fid:
         code=code("evaluate"),
     output:
         metrics=f"{RESULTS}/metrics/fid.json",
-    params:
-        cfg=params_json("evaluate"),
-    resources:
-        gpu=GPU_PER_JOB,
-    conda:
-        "../envs/ncp.yaml"
     log:
         f"{RESULTS}/logs/evaluate_fid.log",
+    conda:
+        "../envs/ncp.yaml"
+    resources:
+        gpu=GPU_PER_JOB,
+    params:
+        cfg=params_json("evaluate"),
     shell:
         "ncp evaluate fid --params-json {params.cfg:q} --features {input.features} --samples {input.samples} "
         "--checkpoint {input.checkpoint} --train-data {input.train} --out {output.metrics} > {log} 2>&1"
@@ -54,13 +54,13 @@ rule evaluate_mmd:
         code=code("evaluate"),
     output:
         metrics=f"{RESULTS}/metrics/mmd.json",
+    log:
+        f"{RESULTS}/logs/evaluate_mmd.log",
+    conda:
+        "../envs/ncp.yaml"
     params:
         cfg=params_json("evaluate"),
         latents=lambda wildcards, input: [f"{input.latents}/group_{k}.pt" for k in groups(wildcards)],
-    conda:
-        "../envs/ncp.yaml"
-    log:
-        f"{RESULTS}/logs/evaluate_mmd.log",
     shell:
         "ncp evaluate mmd --params-json {params.cfg:q} --latents {params.latents} "
         "--samples {input.samples} --out {output.metrics} > {log} 2>&1"
@@ -76,16 +76,16 @@ rule evaluate_nll:
         code=code("evaluate"),
     output:
         metrics=f"{RESULTS}/metrics/nll.json",
-    params:
-        cfg=params_json("evaluate"),
-    resources:
-        gpu=GPU_PER_JOB,
-    conda:
-        "../envs/ncp.yaml"
     log:
         f"{RESULTS}/logs/evaluate_nll.log",
     benchmark:
         f"{RESULTS}/benchmarks/evaluate_nll.tsv"
+    conda:
+        "../envs/ncp.yaml"
+    resources:
+        gpu=GPU_PER_JOB,
+    params:
+        cfg=params_json("evaluate"),
     shell:
         "ncp evaluate nll --params-json {params.cfg:q} --checkpoint {input.checkpoint} "
         "--classifiers {input.classifiers} --test-data {input.test} --out {output.metrics} > {log} 2>&1"
@@ -100,14 +100,14 @@ rule evaluate_fid_setting:
         code=code("evaluate"),
     output:
         metrics=f"{RESULTS}/metrics/fid/{{method}}.json",
-    params:
-        cfg=params_json("evaluate"),
-    resources:
-        gpu=GPU_PER_JOB,
-    conda:
-        "../envs/ncp.yaml"
     log:
         f"{RESULTS}/logs/evaluate_fid_{{method}}.log",
+    conda:
+        "../envs/ncp.yaml"
+    resources:
+        gpu=GPU_PER_JOB,
+    params:
+        cfg=params_json("evaluate"),
     shell:
         "ncp evaluate fid --params-json {params.cfg:q} --features {input.features} --samples {input.samples} "
         "--out {output.metrics} > {log} 2>&1"
@@ -120,13 +120,15 @@ rule nearest_neighbours:
         train=shared("prepare-data", "data/train.pt"),
         code=code("evaluate"),
     output:
-        figure=report(f"{RESULTS}/figures/fig4_neighbours.png", caption="../report/neighbours.rst", category="Figure 4"),
-    params:
-        cfg=params_json("evaluate"),
-    conda:
-        "../envs/ncp.yaml"
+        figure=report(
+            f"{RESULTS}/figures/fig4_neighbours.png", caption="../report/neighbours.rst", category="Figure 4"
+        ),
     log:
         f"{RESULTS}/logs/nearest_neighbours.log",
+    conda:
+        "../envs/ncp.yaml"
+    params:
+        cfg=params_json("evaluate"),
     shell:
         "ncp evaluate neighbours --params-json {params.cfg:q} --samples {input.samples} --train-data {input.train} "
         "--out {output.figure} > {log} 2>&1"

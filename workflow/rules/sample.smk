@@ -13,19 +13,19 @@ rule sample:
             category="Samples",
             labels={"experiment": "{experiment}", "sampler": "{method}"},
         ),
-    wildcard_constraints:
-        method=r"base|sir|ld|sir_m\d+|ld_t\d+",
-    params:
-        cfg=params_json("sample"),
-        images=sweep_sample_count,
-    resources:
-        gpu=GPU_PER_JOB,
-    conda:
-        "../envs/ncp.yaml"
     log:
         f"{RESULTS}/logs/sample_{{method}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/sample_{{method}}.tsv"
+    wildcard_constraints:
+        method=r"base|sir|ld|sir_m\d+|ld_t\d+",
+    conda:
+        "../envs/ncp.yaml"
+    resources:
+        gpu=GPU_PER_JOB,
+    params:
+        cfg=params_json("sample"),
+        images=sweep_sample_count,
     shell:
         "ncp sample --params-json {params.cfg:q} --method {wildcards.method} --checkpoint {input.checkpoint} "
         "--classifiers {input.classifiers} --out {output.samples} --grid {output.grid} {params.images} > {log} 2>&1"

@@ -6,18 +6,18 @@ rule train_vae:
         code=code("train-vae"),
     output:
         checkpoint=f"{RESULTS}/vae/checkpoint.pt",
-    params:
-        cfg=params_json("train-vae"),
-        work_dir=f"{RESULTS}/work/vae",
-    resources:
-        # vae.train.num_processes > 1: one DDP process per GPU (ncp train-vae starts torchrun itself)
-        gpu=lambda wildcards: GPU_PER_JOB * experiment_params(wildcards)["vae"]["train"]["num_processes"],
-    conda:
-        "../envs/ncp.yaml"
     log:
         f"{RESULTS}/logs/train_vae.log",
     benchmark:
         f"{RESULTS}/benchmarks/train_vae.tsv"
+    conda:
+        "../envs/ncp.yaml"
+    resources:
+        # vae.train.num_processes > 1: one DDP process per GPU (ncp train-vae starts torchrun itself)
+        gpu=lambda wildcards: GPU_PER_JOB * experiment_params(wildcards)["vae"]["train"]["num_processes"],
+    params:
+        cfg=params_json("train-vae"),
+        work_dir=f"{RESULTS}/work/vae",
     shell:
         "ncp train-vae --params-json {params.cfg:q} --train-data {input.train} "
         "--out {output.checkpoint} --work-dir {params.work_dir} > {log} 2>&1"

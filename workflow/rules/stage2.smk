@@ -8,15 +8,15 @@ rule cache_latents:
     output:
         # one file per group, group_<k>.pt; a folder, since experiments differ in their group counts
         latents=directory(f"{RESULTS}/latents"),
+    log:
+        f"{RESULTS}/logs/cache_latents.log",
+    conda:
+        "../envs/ncp.yaml"
+    resources:
+        gpu=GPU_PER_JOB,
     params:
         cfg=params_json("cache-latents"),
         files=lambda wildcards, output: [f"{output.latents}/group_{k}.pt" for k in groups(wildcards)],
-    resources:
-        gpu=GPU_PER_JOB,
-    conda:
-        "../envs/ncp.yaml"
-    log:
-        f"{RESULTS}/logs/cache_latents.log",
     shell:
         "ncp cache-latents --params-json {params.cfg:q} --checkpoint {input.checkpoint} "
         "--train-data {input.train} --out {params.files} > {log} 2>&1"
@@ -31,17 +31,17 @@ rule train_nce:
     output:
         classifier=f"{RESULTS}/nce/group_{{group}}.pt",
         metrics=f"{RESULTS}/metrics/nce/group_{{group}}.json",
-    params:
-        cfg=params_json("train-nce"),
-        latents=lambda wildcards, input: f"{input.latents}/group_{wildcards.group}.pt",
-    resources:
-        gpu=GPU_PER_JOB,
-    conda:
-        "../envs/ncp.yaml"
     log:
         f"{RESULTS}/logs/train_nce_{{group}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train_nce_{{group}}.tsv"
+    conda:
+        "../envs/ncp.yaml"
+    resources:
+        gpu=GPU_PER_JOB,
+    params:
+        cfg=params_json("train-nce"),
+        latents=lambda wildcards, input: f"{input.latents}/group_{wildcards.group}.pt",
     shell:
         "ncp train-nce --params-json {params.cfg:q} --latents {params.latents} "
         "--out {output.classifier} --metrics-out {output.metrics} > {log} 2>&1"

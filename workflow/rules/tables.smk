@@ -8,23 +8,25 @@ rule tables:
         code=code("tables"),
     output:
         summary=f"{MAIN_RESULTS}/metrics/summary.json",
-        results=report(f"{MAIN_RESULTS}/tables/results.md", caption="../report/results_table.rst", category="Tables"),
+        results=report(
+            f"{MAIN_RESULTS}/tables/results.md", caption="../report/results_table.rst", category="Tables"
+        ),
         latex=f"{MAIN_RESULTS}/tables/results.tex",
         figure5=report(
             expand(f"{MAIN_RESULTS}/figures/fig5_{{panel}}.png", panel=["loss", "ess"]),
             caption="../report/figure5.rst",
             category="Figure 5",
         ),
+    log:
+        f"{MAIN_RESULTS}/logs/tables.log",
+    localrule: True
+    conda:
+        "../envs/ncp.yaml"
     params:
         cfg=main_params_json("tables"),
         metrics_dir=lambda wildcards, input: Path(input.fid).parent,
         tables_dir=lambda wildcards, output: Path(output.results).parent,
         figures_dir=lambda wildcards, output: Path(output.figure5[0]).parent,
-    localrule: True
-    conda:
-        "../envs/ncp.yaml"
-    log:
-        f"{MAIN_RESULTS}/logs/tables.log",
     shell:
         "ncp tables --params-json {params.cfg:q} --metrics-dir {params.metrics_dir} --summary-out {output.summary} "
         "--tables-dir {params.tables_dir} --figures-dir {params.figures_dir} > {log} 2>&1"
@@ -42,18 +44,20 @@ for TABLE in PAPER_TABLE_NAMES:
             metrics=paper_table_inputs(TABLE),
             code=code("tables"),
         output:
-            markdown=report(f"{MAIN_RESULTS}/tables/{TABLE}.md", caption="../report/paper_tables.rst", category="Tables"),
+            markdown=report(
+                f"{MAIN_RESULTS}/tables/{TABLE}.md", caption="../report/paper_tables.rst", category="Tables"
+            ),
             latex=f"{MAIN_RESULTS}/tables/{TABLE}.tex",
+        log:
+            f"{MAIN_RESULTS}/logs/{TABLE}.log",
+        localrule: True
+        conda:
+            "../envs/ncp.yaml"
         params:
             cfg=main_params_json("tables"),
             runs=paper_table_runs(TABLE),
             variants=TABLE8_VARIANTS if TABLE == "table8" else [],
             table=TABLE,
-        localrule: True
-        conda:
-            "../envs/ncp.yaml"
-        log:
-            f"{MAIN_RESULTS}/logs/{TABLE}.log",
         shell:
             "ncp paper-table {params.table} --params-json {params.cfg:q} --runs {params.runs} "
             "--variants {params.variants} --out {output.markdown} > {log} 2>&1"

@@ -16,7 +16,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ncp.models.nvae.config import CHANNEL_MULT
-from ncp.models.nvae.layers import BatchNormSwish, PlainConv2d, SqueezeExcitation, WeightNormConv2d, WrappedBatchNorm
+from ncp.models.nvae.layers import (
+    BatchNormSwish,
+    PlainConv2d,
+    SqueezeExcitation,
+    WeightNormConv2d,
+    WrappedBatchNorm,
+)
 
 UPSAMPLE = -1  # NVAE encodes "upsample x2" as stride -1
 
@@ -117,14 +123,18 @@ class InvertedResidual(nn.Module):
     """MobileNetV2-style op ('mconv_e{ex}k{k}g{g}'): [upsample] BN -> 1x1 expand x ex + BN-Swish ->
     k x k grouped (depthwise for g=0) conv + BN-Swish -> 1x1 project -> BN. No residual inside."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int, expansion: int, kernel_size: int, groups: int) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, stride: int, expansion: int, kernel_size: int, groups: int
+    ) -> None:
         super().__init__()
         hidden = c_in * expansion
         layers: list[nn.Module] = [nn.UpsamplingNearest2d(scale_factor=2)] if stride == UPSAMPLE else []
         layers += [
             WrappedBatchNorm(c_in),
             ConvBNSwish(c_in, hidden, kernel_size=1),
-            ConvBNSwish(hidden, hidden, kernel_size, stride=abs(stride), groups=hidden if groups == 0 else groups),
+            ConvBNSwish(
+                hidden, hidden, kernel_size, stride=abs(stride), groups=hidden if groups == 0 else groups
+            ),
             PlainConv2d(hidden, c_out, 1),
             WrappedBatchNorm(c_out),
         ]
@@ -207,7 +217,8 @@ class Cell(nn.Module):
         stride = stride_of(cell_type)
         self.skip = build_skip(c_in, stride)
         self._ops = nn.ModuleList(
-            build_op(name, c_in if i == 0 else c_out, c_out, stride if i == 0 else 1) for i, name in enumerate(op_names)
+            build_op(name, c_in if i == 0 else c_out, c_out, stride if i == 0 else 1)
+            for i, name in enumerate(op_names)
         )
         if use_se:
             self.se = SqueezeExcitation(c_out)

@@ -97,7 +97,9 @@ class NVAEConfig:
         known_size = _dataset_size(dataset)
         input_size = full.get("input_size", known_size)
         if input_size is None:
-            raise ValueError(f"unknown NVAE dataset {dataset!r}: give input_size and input_channels explicitly")
+            raise ValueError(
+                f"unknown NVAE dataset {dataset!r}: give input_size and input_channels explicitly"
+            )
         input_channels = full.get("input_channels", 1 if dataset in _BINARY_DATASETS else 3)
         if "likelihood" in full:
             likelihood = str(full["likelihood"])
@@ -107,7 +109,11 @@ class NVAEConfig:
             likelihood = "normal" if int(full["num_mixture_dec"]) == 1 else "dmol"
         crop = full.get("likelihood_crop", 2 if dataset in _CROPPED_DATASETS else 0)
         # cast to the type of NVAE's default (JSON and argparse both give plain ints / bools / strings)
-        fields = {name: type(default)(full[name]) for name, default in NVAE_DEFAULT_ARGS.items() if name != "dataset"}
+        fields = {
+            name: type(default)(full[name])
+            for name, default in NVAE_DEFAULT_ARGS.items()
+            if name != "dataset"
+        }
         config = cls(
             dataset=dataset,
             input_channels=int(input_channels),
@@ -126,7 +132,9 @@ class NVAEConfig:
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
         if self.likelihood == "dmol" and self.input_channels != 3:
-            raise ValueError(f"the mixture-of-logistics decoder needs 3 input channels, got {self.input_channels}")
+            raise ValueError(
+                f"the mixture-of-logistics decoder needs 3 input channels, got {self.input_channels}"
+            )
         if self.arch_instance not in ARCH_CELLS:
             raise ValueError(f"unknown arch_instance {self.arch_instance!r}; known: {sorted(ARCH_CELLS)}")
         positive = (
@@ -168,7 +176,9 @@ class NVAEConfig:
                 f"latent scales - 1) = {self.spatial_scaling}"
             )
         if 2 * self.likelihood_crop >= self.input_size:
-            raise ValueError(f"likelihood_crop {self.likelihood_crop} leaves no pixels of a {self.input_size} image")
+            raise ValueError(
+                f"likelihood_crop {self.likelihood_crop} leaves no pixels of a {self.input_size} image"
+            )
 
     # ---- derived values -------------------------------------------------------------------------
     @property

@@ -57,7 +57,9 @@ def quantize_bits(x: Tensor, num_bits: int) -> Tensor:
 def check_unit_interval(x: Tensor) -> None:
     """Raise a ValueError unless every value of x lies in [0, 1] (NVAE asserts the same)."""
     if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
-        raise ValueError(f"images must lie in [0, 1], got values in [{float(x.min()):.3g}, {float(x.max()):.3g}]")
+        raise ValueError(
+            f"images must lie in [0, 1], got values in [{float(x.min()):.3g}, {float(x.max()):.3g}]"
+        )
 
 
 # ---- decoders: per-pixel log-likelihoods, means and samples -------------------------------------------
@@ -121,7 +123,9 @@ class DiscretizedLogisticMixture:
         log_pdf_mid = mid_in - self.log_scales - 2.0 * F.softplus(mid_in)
         # Where the bin mass underflows, approximate it by density x bin width.
         log_prob_mid = torch.where(
-            cdf_delta > 1e-5, torch.log(torch.clamp(cdf_delta, min=1e-10)), log_pdf_mid - math.log(self.max_val / 2)
+            cdf_delta > 1e-5,
+            torch.log(torch.clamp(cdf_delta, min=1e-10)),
+            log_pdf_mid - math.log(self.max_val / 2),
         )
         # NVAE's edge thresholds are -0.999 and 0.99; with 8 bits the value 254 (0.992) therefore also
         # gets the upper tail mass. Kept as is, since NVAE's likelihoods were computed this way.

@@ -44,7 +44,9 @@ def channel_mask(c_in: int, c_out: int, groups: int, zero_diag: bool) -> Tensor:
     return mask
 
 
-def autoregressive_mask(kernel_size: int, c_in: int, c_out: int, groups: int, zero_diag: bool, mirror: bool) -> Tensor:
+def autoregressive_mask(
+    kernel_size: int, c_in: int, c_out: int, groups: int, zero_diag: bool, mirror: bool
+) -> Tensor:
     """Kernel mask (c_out, c_in // groups, k, k): rows above the centre and pixels left of it are visible,
     the centre pixel follows ``channel_mask``; ``mirror`` flips it to the reversed raster order."""
     centre = (kernel_size - 1) // 2
@@ -84,7 +86,9 @@ class MaskedConv2d(WeightNormConv2d):
 class ARInvertedResidual(nn.Module):
     """Masked 3x3 conv expanding C_z -> 6 C_z (strictly causal), ELU, masked depthwise 5x5, ELU."""
 
-    def __init__(self, latent_channels: int, expansion: int = 6, kernel_size: int = 5, mirror: bool = False) -> None:
+    def __init__(
+        self, latent_channels: int, expansion: int = 6, kernel_size: int = 5, mirror: bool = False
+    ) -> None:
         super().__init__()
         self.hidden_dim = latent_channels * expansion
         self.convz = nn.Sequential(

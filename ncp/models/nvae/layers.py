@@ -51,7 +51,9 @@ class WeightNormConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         """Convolve with the weight-normalised kernel."""
-        return F.conv2d(x, self.normalized_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return F.conv2d(
+            x, self.normalized_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
 
 
 class PlainConv2d(nn.Conv2d):

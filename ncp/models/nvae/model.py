@@ -62,13 +62,16 @@ class NVAE(nn.Module):
         self.enc0 = nn.Sequential(nn.ELU(), WeightNormConv2d(top_enc, top_enc, 1, bias=True), nn.ELU())
         self._build_samplers()
         if c.is_vanilla:
-            self.stem_decoder = WeightNormConv2d(c.num_latent_per_group, int(mult * c.num_channels_enc), 1, bias=True)
+            self.stem_decoder = WeightNormConv2d(
+                c.num_latent_per_group, int(mult * c.num_channels_enc), 1, bias=True
+            )
         else:
             self.dec_tower = self._build_decoder_tower(arch)
             mult = mult / CHANNEL_MULT ** (c.num_latent_scales - 1)
         self.post_process, mult = self._build_post_process(arch, mult)
         self.image_conditional = nn.Sequential(
-            nn.ELU(), WeightNormConv2d(int(c.num_channels_dec * mult), c.output_channels, 3, padding=1, bias=True)
+            nn.ELU(),
+            WeightNormConv2d(int(c.num_channels_dec * mult), c.output_channels, 3, padding=1, bias=True),
         )
         self._spectral_norm = SpectralNormEstimator(num_power_iter=4)
 
@@ -111,9 +114,13 @@ class NVAE(nn.Module):
         for scale, num_groups in enumerate(c.groups_per_scale):
             for group in range(num_groups):
                 for _ in range(c.num_cell_per_cond_enc):
-                    cells.append(self._cell(arch, "normal_enc", c.num_channels_enc * mult, c.num_channels_enc * mult))
+                    cells.append(
+                        self._cell(arch, "normal_enc", c.num_channels_enc * mult, c.num_channels_enc * mult)
+                    )
                 if not (scale == c.num_latent_scales - 1 and group == num_groups - 1):
-                    cells.append(EncCombinerCell(int(c.num_channels_enc * mult), int(c.num_channels_dec * mult)))
+                    cells.append(
+                        EncCombinerCell(int(c.num_channels_enc * mult), int(c.num_channels_dec * mult))
+                    )
             if scale < c.num_latent_scales - 1:
                 width = int(c.num_channels_enc * mult)
                 cells.append(self._cell(arch, "down_enc", width, CHANNEL_MULT * width))
@@ -137,7 +144,9 @@ class NVAE(nn.Module):
                     self.dec_sampler.append(
                         nn.Sequential(
                             nn.ELU(),
-                            WeightNormConv2d(int(c.num_channels_dec * mult), 2 * c.num_latent_per_group, 1, bias=True),
+                            WeightNormConv2d(
+                                int(c.num_channels_dec * mult), 2 * c.num_latent_per_group, 1, bias=True
+                            ),
                         )
                     )
             mult /= CHANNEL_MULT
@@ -179,7 +188,10 @@ class NVAE(nn.Module):
     def group_shapes(self) -> list[tuple[int, ...]]:
         """(C_z, H_k, W_k) of every group, coarsest first."""
         c = self.config
-        return [(c.num_latent_per_group, c.decoder_scale_side(s), c.decoder_scale_side(s)) for s in c.group_scales()]
+        return [
+            (c.num_latent_per_group, c.decoder_scale_side(s), c.decoder_scale_side(s))
+            for s in c.group_scales()
+        ]
 
     def context_shapes(self) -> list[tuple[int, ...] | None]:
         """Shape of the decoder state feeding each group's prior; None for group 0 (fixed prior)."""
@@ -202,7 +214,9 @@ class NVAE(nn.Module):
                 state = cell(state)
         return state, slot_features[::-1]  # deepest slot pairs with decoder group 1 (ladder structure)
 
-    def _top_down(self, batch_size: int, pick: LatentPicker) -> tuple[Tensor, list[Tensor], list[Tensor | None]]:
+    def _top_down(
+        self, batch_size: int, pick: LatentPicker
+    ) -> tuple[Tensor, list[Tensor], list[Tensor | None]]:
         """The decoder walk shared by forward and sampling: (output parameters, z per group, contexts)."""
         latents: list[Tensor] = []
         contexts: list[Tensor | None] = []
@@ -290,7 +304,9 @@ class NVAE(nn.Module):
             prior = Independent(nvae_normal(mu, log_sigma, temperature), 3, validate_args=False)
             z = choose(k, prior, context)
             if tuple(z.shape) != (num_images, *shapes[k]):
-                raise ValueError(f"group {k}: chosen z has shape {tuple(z.shape)}, expected {(num_images, *shapes[k])}")
+                raise ValueError(
+                    f"group {k}: chosen z has shape {tuple(z.shape)}, expected {(num_images, *shapes[k])}"
+                )
             return z
 
         logits, latents, contexts = self._top_down(num_images, from_prior)
@@ -305,7 +321,9 @@ class NVAE(nn.Module):
         c = self.config
         expected = (c.input_channels, c.input_size, c.input_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"NVAE expects images (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"NVAE expects images (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}"
+            )
         check_unit_interval(x)
 
     def log_px(self, logits: Tensor, x: Tensor) -> Tensor:
@@ -316,7 +334,9 @@ class NVAE(nn.Module):
         if c.likelihood == "bernoulli":
             per_pixel = bernoulli_log_prob(logits, x)  # (B, C, H, W)
         elif c.likelihood == "dmol":
-            per_pixel = DiscretizedLogisticMixture(logits, c.num_mixture_dec, c.num_x_bits).log_prob(x)  # (B, H, W)
+            per_pixel = DiscretizedLogisticMixture(logits, c.num_mixture_dec, c.num_x_bits).log_prob(
+                x
+            )  # (B, H, W)
         else:
             per_pixel = normal_decoder_log_prob(logits, x)  # (B, C, H, W)
         crop = c.likelihood_crop
@@ -348,7 +368,9 @@ class NVAE(nn.Module):
     # ---- training terms -------------------------------------------------------------------------
     def spectral_loss(self) -> Tensor:
         """Sum of spectral norms of every conv kernel (power iteration with persistent vectors)."""
-        kernels = [m.normalized_weight() for m in self.modules() if isinstance(m, (WeightNormConv2d, PlainConv2d))]
+        kernels = [
+            m.normalized_weight() for m in self.modules() if isinstance(m, (WeightNormConv2d, PlainConv2d))
+        ]
         return self._spectral_norm(kernels)
 
     def batchnorm_loss(self) -> Tensor:

@@ -66,7 +66,9 @@ class SpectralNormEstimator:
 def batchnorm_loss(model: nn.Module) -> Tensor:
     """Sum over affine BatchNorm layers of max |gamma| (NVAE's batchnorm_loss)."""
     terms = [
-        m.weight.abs().max() for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine
+        m.weight.abs().max()
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine
     ]
     if not terms:
         raise ValueError("the model has no affine BatchNorm layers")
