@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `ncp` console script."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] in (["export-dvc"], ["sync"]):  # workflow tools with parsers of their own
-        from ncp import export_dvc, sync
+        from ncp.workflow import export_dvc, sync
 
         return (export_dvc.main_export if argv[0] == "export-dvc" else sync.main_sync)(argv[1:])
     args = _parser().parse_args(argv)

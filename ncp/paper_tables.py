@@ -1,7 +1,7 @@
 """`ncp paper-table <tableN>`: one of the paper's tables, with ours beside the paper's published values.
 
 Each table reads the metric files of the runs that supply its rows: this run, and the sub-experiments
-`paper.experiments` names for it (see ncp/study.py). A paper row without a figure of ours is kept, with
+`paper.experiments` names for it (see ncp/workflow/study.py). A paper row without a figure of ours is kept, with
 ours left blank, and listed under the table as missing, so a table never fails for want of a
 paper-scale run. Tables 1-6 compare single figures; Table 7 is FID against the number of latent groups;
 Table 8 is FID, time and memory against SIR proposals and LD iterations; Table 9 is MMD per group.

@@ -24,7 +24,7 @@ from ncp.priors.checkpoints import load_ncp_prior
 from ncp.runtime import atomic_save, pick_device, seed_everything
 from ncp.samplers.langevin import LangevinSampler
 from ncp.samplers.sir import SIRSampler
-from ncp.study import parse_variant
+from ncp.workflow.study import parse_variant
 
 METHODS = ("base", "sir", "ld")
 

@@ -19,8 +19,8 @@ import yaml
 from workflow_copy import REPO, copy_workflow, job_counts
 
 from ncp.config import deep_merge, load_params_files, num_latent_groups, resolve_params
-from ncp.export_dvc import JobSpec, main_export, render_dvc_yaml, workflow_graph
-from ncp.sync import main_sync, restored_jobs, touch_command
+from ncp.workflow.export_dvc import JobSpec, main_export, render_dvc_yaml, workflow_graph
+from ncp.workflow.sync import main_sync, restored_jobs, touch_command
 
 needs_tools = pytest.mark.skipif(
     not (shutil.which("dvc") and shutil.which("git") and shutil.which("snakemake")),

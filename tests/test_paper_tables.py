@@ -345,7 +345,7 @@ def test_missing_ours_are_blank_in_the_markdown(tmp_path):
 
 def test_a_table_not_of_this_run_reads_only_its_declared_inputs(tmp_path):
     from ncp.config import resolve_params
-    from ncp.study import study_experiments, table_metric_files
+    from ncp.workflow.study import study_experiments, table_metric_files
 
     experiments = study_experiments(resolve_params({"experiment": "main", "paper": {"tables": ["table6"]}}))
     assert table_metric_files(experiments, "table3", []) == []  # so no row may come from a metric file

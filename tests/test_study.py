@@ -1,4 +1,4 @@
-"""ncp/study.py: the sub-experiments a params file's paper tables gather, Table 8's sweep names, and the
+"""ncp/workflow/study.py: the sub-experiments a params file's paper tables gather, Table 8's sweep names, and the
 metric files (Snakemake inputs) each paper table is built from; all known answers from small params."""
 
 from dataclasses import replace
@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from ncp.config import ConfigError, SampleConfig, resolve_params
-from ncp.study import (
+from ncp.workflow.study import (
     parse_variant,
     sharing_owner,
     study_experiments,

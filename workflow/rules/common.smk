@@ -5,7 +5,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from ncp.config import num_latent_groups, resolve_params, stage_params_json
-from ncp.study import (
+from ncp.workflow.study import (
     sharing_owner,
     study_experiments,
     sweep_variants,
@@ -24,7 +24,7 @@ def _cuda_available():
 validate(config, "../../ncp/params.schema.yaml")
 PARAMS = resolve_params(config)  # the same defaults and checks `ncp <stage>` applies
 MAIN = PARAMS["experiment"]
-# This run and the sub-experiments its paper tables gather (Tables 1, 2 and 7; see ncp/study.py): every
+# This run and the sub-experiments its paper tables gather (Tables 1, 2 and 7; see ncp/workflow/study.py): every
 # pipeline rule works for any of them through the {experiment} wildcard.
 EXPERIMENTS = {e.name: e for e in study_experiments(PARAMS)}
 RESULTS = "results/{experiment}"
@@ -98,7 +98,7 @@ STAGE_CODE = {
     "sample": _SHARED_CODE
     + _MODEL_CODE
     + _PRIOR_CODE
-    + ["ncp/sample.py", "ncp/study.py", "ncp/samplers/sir.py", "ncp/samplers/langevin.py"],
+    + ["ncp/sample.py", "ncp/workflow/study.py", "ncp/samplers/sir.py", "ncp/samplers/langevin.py"],
     "evaluate": _SHARED_CODE
     + _MODEL_CODE
     + _PRIOR_CODE
@@ -113,7 +113,7 @@ STAGE_CODE = {
         "ncp/metrics/neighbours.py",
     ],
     "tables": _SHARED_CODE
-    + ["ncp/tables.py", "ncp/paper_tables.py", "ncp/study.py", "ncp/paper_results.yaml"],
+    + ["ncp/tables.py", "ncp/paper_tables.py", "ncp/workflow/study.py", "ncp/paper_results.yaml"],
 }
 
 

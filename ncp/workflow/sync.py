@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ncp.export_dvc import JobSpec, workflow_graph
+from ncp.workflow.export_dvc import JobSpec, workflow_graph
 
 
 def restored_jobs(jobs: Sequence[JobSpec], root: Path) -> tuple[list[JobSpec], list[str]]:
