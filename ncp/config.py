@@ -198,6 +198,7 @@ class SampleConfig:
     ld_num_steps: int
     ld_step_size: float
     grid_size: int
+    ld_step_scaling: str = "prior_variance"
 
     @classmethod
     def from_section(cls, section: dict) -> SampleConfig:
@@ -210,6 +211,7 @@ class SampleConfig:
             sir_chunk_size=section["sir"]["chunk_size"],
             ld_num_steps=section["ld"]["num_steps"],
             ld_step_size=section["ld"]["step_size"],
+            ld_step_scaling=section["ld"]["step_scaling"],
             grid_size=section["grid_size"],
         )
 

@@ -36,7 +36,12 @@ def make_group_sampler(method: str, ncp_prior, sample: SampleConfig):
     if method == "sir":
         return SIRSampler(ncp_prior, num_proposals=sample.sir_num_proposals, chunk_size=sample.sir_chunk_size)
     if method == "ld":
-        return LangevinSampler(ncp_prior, num_steps=sample.ld_num_steps, step_size=sample.ld_step_size)
+        return LangevinSampler(
+            ncp_prior,
+            num_steps=sample.ld_num_steps,
+            step_size=sample.ld_step_size,
+            step_scaling=sample.ld_step_scaling,
+        )
     raise ValueError(f"unknown sampling method {method!r}; expected one of {', '.join(METHODS)}")
 
 
@@ -126,7 +131,11 @@ def run(
     )
     setting = {
         "sir": {"num_proposals": sample.sir_num_proposals},
-        "ld": {"num_steps": sample.ld_num_steps, "step_size": sample.ld_step_size},
+        "ld": {
+            "num_steps": sample.ld_num_steps,
+            "step_size": sample.ld_step_size,
+            "step_scaling": sample.ld_step_scaling,
+        },
     }.get(sampler, {})
     atomic_save(
         {
