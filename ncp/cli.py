@@ -92,7 +92,6 @@ def _parser() -> argparse.ArgumentParser:
         "--features", type=Path, help="reference features from `evaluate features` (network.pt beside it)"
     )
     p.add_argument("--samples", type=Path, nargs="*", default=[])
-    p.add_argument("--latents", type=Path, nargs="*", default=[])
     p.add_argument("--classifiers", type=Path, nargs="*", default=[])
     p.add_argument("--out", type=Path, required=True)
 
@@ -191,7 +190,6 @@ def _dispatch(args: argparse.Namespace) -> int:
             test_data=args.test_data,
             features=args.features,
             samples=args.samples,
-            latents=args.latents,
             classifiers=args.classifiers,
         )
     elif command == "tables":

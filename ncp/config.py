@@ -232,6 +232,9 @@ class EvaluateConfig:
     nll_batch_size: int
     log_z_samples: int
     neighbours: dict  # Fig. 4: num_queries, num_neighbours, resize, crop
+    log_z_seeds: int = 5
+    fid_bootstrap: int = 100
+    kid_subsets: int = 100
 
     @classmethod
     def from_section(cls, section: dict) -> EvaluateConfig:
@@ -248,6 +251,9 @@ class EvaluateConfig:
             nll_num_images=nll["num_images"],
             nll_batch_size=nll["batch_size"],
             log_z_samples=nll["log_z_samples"],
+            log_z_seeds=nll["log_z_seeds"],
+            fid_bootstrap=fid["bootstrap"],
+            kid_subsets=fid["kid_subsets"],
             neighbours=dict(section["neighbours"]),
         )
 

@@ -3,19 +3,26 @@
 - features: the FID feature network (a classifier trained on the dataset's labels, or the FID
   Inception network) and the training images' reference features, computed once per run.
 - fid: FID and KID of each sampler's images, and of reconstructions (z ~ q instead of the prior:
-  the paper's "Recon" rows), against the reference, with a bootstrap spread.
-- mmd: per group, MMD^2 between q(z_k) and p(z_k), and between q(z_k) and p_NCP(z_k) (paper Table 9).
-- nll: importance-weighted test NLL of the base VAE and of NCP-VAE (prior p r / Z, log Z estimated).
+  the paper's "Recon" rows), against the reference; FID's spread bootstraps both sides, KID's is the
+  std over clean-fid's subsets.
+- mmd: per group, MMD^2 between q(z_k) and p(z_k), and between q(z_k) and p_NCP(z_k) (paper Table 9);
+  q is encoded from the test split, which neither the VAE nor the classifiers saw.
+- nll: importance-weighted test NLL of the base VAE and of NCP-VAE (prior p r / Z, log Z estimated
+  under several seeds), and their paired difference with log Z's error in quadrature.
+
+Every metrics file carries a ``provenance`` block (ncp/provenance.py).
 - neighbours: Fig. 4, NCP samples beside their nearest training images.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from ncp.cache_latents import collect_group_samples
 from ncp.config import ExperimentConfig
 from ncp.data import iterate_batches, load_image_set
 from ncp.metrics.feature_nets import (
@@ -33,14 +40,13 @@ from ncp.metrics.fid import (
     reference_from_features,
     save_reference_features,
 )
-from ncp.metrics.log_z import estimate_log_z
+from ncp.metrics.log_z import estimate_log_z_over_seeds
 from ncp.metrics.mmd import latent_mmd
-from ncp.metrics.nll import importance_weighted_nll
+from ncp.metrics.nll import importance_weighted_nll, paired_difference
 from ncp.models.registry import load_vae_checkpoint
 from ncp.priors.checkpoints import load_ncp_prior
+from ncp.provenance import with_provenance
 from ncp.runtime import atomic_save, load_torch, pick_device, seed_everything, write_json
-
-FID_BOOTSTRAP = 10  # resamples behind the FID spread (the paper reports none)
 
 
 def network_path(reference_path: Path) -> Path:
@@ -125,12 +131,14 @@ def evaluate_fid(
     kind = cfg.evaluate.fid_features
     feature_net = _feature_net(kind, reference_path, device)
     reference = load_reference_features(reference_path)
+    # the paper reports no spread; ours resamples both sides, and KID's comes from its subsets
+    spread_settings = {"num_bootstrap": cfg.evaluate.fid_bootstrap, "kid_subsets": cfg.evaluate.kid_subsets}
     methods, sampling = {}, {}
     for path in samples:
         drawn = load_torch(path)
         feats = compute_features(drawn["images"], feature_net)
         result = fid_against_reference(
-            feats, reference, feature_net.name, num_bootstrap=FID_BOOTSTRAP, seed=cfg.seed
+            feats, reference, feature_net.name, seed=cfg.seed, **spread_settings
         )
         methods[drawn["method"]] = result.to_dict()
         sampling[drawn["method"]] = {
@@ -160,27 +168,58 @@ def evaluate_fid(
             compute_features(recon, feature_net),
             reference,
             feature_net.name,
-            num_bootstrap=FID_BOOTSTRAP,
             seed=cfg.seed,
+            **spread_settings,
         ).to_dict()
-    write_json(
-        {
-            "features": _feature_label(kind, reference_path),
-            "feature_net": feature_net.name,
-            "num_samples": num_samples,
-            "num_reference": reference.num_images,
-            "bootstrap": FID_BOOTSTRAP,
-            "methods": methods,
-            "sampling": sampling,
-        },
-        out,
-    )
+    record = {
+        "features": _feature_label(kind, reference_path),
+        "feature_net": feature_net.name,
+        "num_samples": num_samples,
+        "num_reference": reference.num_images,
+        "bootstrap": cfg.evaluate.fid_bootstrap,
+        "spread": "FID: std over bootstrap resamples of the generated and the reference features; "
+        "KID: std over clean-fid's random subsets",
+        "methods": methods,
+        "sampling": sampling,
+    }
+    write_json(with_provenance(record, "evaluate fid", cfg, cfg.seed, device), out)
+
+
+@torch.no_grad()
+def held_out_q_latents(cfg: ExperimentConfig, checkpoint: Path, test_data: Path) -> tuple[list[torch.Tensor], dict]:
+    """Per group, z_k ~ q(z_k | z_<k, x) for test images x: the classifiers were trained on latents of the
+    training split only (`cache-latents`), so Table 9's q must not come from there. The test split is used
+    rather than a reserved part of the training split because it is held out from the VAE and from stage 2
+    alike and needs no change to their data. Where ``evaluate.mmd.num_q`` exceeds the test images, each
+    image is encoded again with fresh noise (and binarisation), and num_q are kept at random."""
+    device = pick_device(cfg.device)
+    model = load_vae_checkpoint(checkpoint, device)
+    test = load_image_set(test_data)
+    num_q = cfg.evaluate.mmd_num_q or len(test.images)
+    passes = -(-num_q // len(test.images))
+    generator = torch.Generator().manual_seed(cfg.seed + 23)
+
+    def batches():
+        for _ in range(passes):
+            for x in iterate_batches(test, cfg.sample.batch_size, shuffle=False, generator=generator):
+                yield x.to(device)
+
+    groups = collect_group_samples(model, batches(), torch.float32)
+    keep = torch.randperm(passes * len(test.images), generator=generator)[:num_q]
+    source = {
+        "q_source": "test split, encoded with noise 1 (held out from the VAE and the classifiers)",
+        "num_test_images": len(test.images),
+        "q_passes": passes,
+    }
+    return [group["z_q"][keep] for group in groups], source
 
 
 def evaluate_mmd(
-    cfg: ExperimentConfig, latent_files: Sequence[Path], samples: Sequence[Path], out: Path
+    cfg: ExperimentConfig, checkpoint: Path, test_data: Path, samples: Sequence[Path], out: Path
 ) -> None:
-    """Per group: MMD^2(q, p) and MMD^2(q, p_NCP) at shared bandwidths, with standard errors (paper Table 9)."""
+    """Per group: MMD^2(q, p) and MMD^2(q, p_NCP) at shared bandwidths, with standard errors (paper Table 9);
+    q from held-out test images (see ``held_out_q_latents``)."""
+    seed_everything(cfg.seed + 29)
     by_method = {load_torch(path)["method"]: path for path in samples}
     ncp_method = "sir" if "sir" in by_method else next((m for m in by_method if m != "base"), None)
     if ncp_method is None or "base" not in by_method:
@@ -193,13 +232,11 @@ def evaluate_mmd(
             f"evaluate.mmd.num_samples is {n} but the sample files hold {held} images: "
             f"raise sample.num_samples or lower evaluate.mmd.num_samples"
         )
+    q_latents, q_source = held_out_q_latents(cfg, checkpoint, test_data)
     per_group = []
-    for k, path in enumerate(latent_files):
-        z_q = load_torch(path)["z_q"].float()
-        generator = torch.Generator().manual_seed(cfg.seed + k)
-        z_q = z_q[torch.randperm(len(z_q), generator=generator)[: ev.mmd_num_q or len(z_q)]]
+    for k, z_q in enumerate(q_latents):
         result = latent_mmd(
-            z_q,
+            z_q.float(),
             base["latents"][k][:n].float(),
             ncp["latents"][k][:n].float(),
             pca_dim=ev.mmd_pca_dim,
@@ -220,21 +257,20 @@ def evaluate_mmd(
                 **result.to_dict(),
             }
         )
-    write_json(
-        {
-            "num_samples": n,
-            "num_q": per_group[0]["num_q"],
-            "ncp_method": ncp_method,
-            "estimator": "unbiased MMD^2, Gaussian kernel",
-            "bandwidth": "median heuristic on pooled q and p, times each scale; the headline is scale 1",
-            "standard_error": "first-order (Hoeffding) plug-in, as Bounliphone et al. 2016; conservative where "
-            "two populations are the same distribution",
-            "z_score": "(MMD^2(q, p) - MMD^2(q, p_NCP)) / its standard error: > 2 means p_NCP is closer to q",
-            "ncp_closer": ncp_closer_counts(per_group),
-            "per_group": per_group,
-        },
-        out,
-    )
+    record = {
+        "num_samples": n,
+        "num_q": per_group[0]["num_q"],
+        **q_source,
+        "ncp_method": ncp_method,
+        "estimator": "unbiased MMD^2, Gaussian kernel",
+        "bandwidth": "median heuristic on pooled q and p, times each scale; the headline is scale 1",
+        "standard_error": "first-order (Hoeffding) plug-in, as Bounliphone et al. 2016; conservative where "
+        "two populations are the same distribution",
+        "z_score": "(MMD^2(q, p) - MMD^2(q, p_NCP)) / its standard error: > 2 means p_NCP is closer to q",
+        "ncp_closer": ncp_closer_counts(per_group),
+        "per_group": per_group,
+    }
+    write_json(with_provenance(record, "evaluate mmd", cfg, cfg.seed, pick_device(cfg.device)), out)
 
 
 def ncp_closer_counts(per_group: Sequence[dict]) -> dict[str, dict[str, int]]:
@@ -256,7 +292,8 @@ def ncp_closer_counts(per_group: Sequence[dict]) -> dict[str, dict[str, int]]:
 def evaluate_nll(
     cfg: ExperimentConfig, checkpoint: Path, classifier_files: Sequence[Path], test_data: Path, out: Path
 ) -> None:
-    """Test NLL in nats: base prior, and NCP prior with log Z estimated by Monte Carlo through the hierarchy."""
+    """Test NLL in nats: base prior, and NCP prior with log Z estimated by Monte Carlo through the hierarchy
+    under ``evaluate.nll.log_z_seeds`` seeds; and the paired difference base - NCP with its full error."""
     device = pick_device(cfg.device)
     seed_everything(cfg.seed + 17)
     model = load_vae_checkpoint(checkpoint, device)
@@ -266,14 +303,21 @@ def evaluate_nll(
         test.images if cfg.evaluate.nll_num_images is None else test.images[: cfg.evaluate.nll_num_images]
     )
     ev = cfg.evaluate
-    log_z = estimate_log_z(model, ncp_prior, ev.log_z_samples, batch_size=min(ev.log_z_samples, 1000))
+    log_z = estimate_log_z_over_seeds(
+        model,
+        ncp_prior,
+        ev.log_z_samples,
+        seeds=[cfg.seed + 1000 * (i + 1) for i in range(ev.log_z_seeds)],
+        batch_size=min(ev.log_z_samples, 1000),
+    )
+    seed_everything(cfg.seed + 17)  # the IW estimates do not depend on how many log Z seeds ran
     # MNIST is scored on its central 28x28 (NVAE crops the padding away), so bits/dim use 784 pixels.
     num_dims = 784 if test.binary and tuple(images.shape[1:]) == (1, 32, 32) else None
     results = {}
-    for name, log_r_fn, z in (("base", None, 0.0), ("ncp", ncp_prior.sum_log_r, log_z.log_z)):
+    for name, log_r_fn, z in (("base", None, 0.0), ("ncp", ncp_prior.sum_log_r, log_z.pooled.log_z)):
         generator = torch.Generator().manual_seed(cfg.seed + 19) if test.binary else None
         with torch.no_grad():
-            result = importance_weighted_nll(
+            results[name] = importance_weighted_nll(
                 model,
                 images,
                 ev.nll_iw_samples,
@@ -283,24 +327,35 @@ def evaluate_nll(
                 binarize_generator=generator,
                 num_dims=num_dims,
             )
-        results[name] = result.to_dict()
-    write_json(
-        {
-            **results,
-            "log_z": log_z.log_z,
-            "log_z_se": log_z.std_error,
-            "log_z_ess": log_z.ess,
-            "log_z_samples": log_z.num_samples,
-            "iw_samples": ev.nll_iw_samples,
-            "num_images": len(images),
-            "note": "NCP NLL = -(IW bound with prior p r) + log Z; with Z estimated it is an estimate, not a bound",
-            "paired": "both priors see the same binarisations of the test images",
-        },
-        out,
-    )
+    difference = paired_difference(results["base"], results["ncp"], log_z.std_error)
+    ncp_record = results["ncp"].to_dict()
+    ncp_record["std_error_images"] = ncp_record["std_error"]
+    ncp_record["std_error"] = math.hypot(ncp_record["std_error"], log_z.std_error)
+    record = {
+        "base": results["base"].to_dict(),
+        "ncp": ncp_record,
+        "base_minus_ncp": difference.to_dict(),
+        "log_z": log_z.pooled.log_z,
+        "log_z_se": log_z.std_error,
+        "log_z_ess": log_z.pooled.ess,
+        "log_z_samples": log_z.pooled.num_samples,
+        "log_z_seeds": log_z.to_dict(),
+        "indicative_only": bool(log_z.warnings()),
+        "warnings": log_z.warnings(),
+        "iw_samples": ev.nll_iw_samples,
+        "num_images": len(images),
+        "note": "NCP NLL = -(IW bound with prior p r) + log Z; with Z estimated it is an estimate, not a bound. "
+        "ncp.std_error includes log Z's error in quadrature (ncp.std_error_images: the images' alone)",
+        "paired": "both priors see the same binarisations of the test images; base_minus_ncp is the mean "
+        "per-image difference, its error the images' in quadrature with log Z's",
+        "log_z_error": "log_z_se = the larger of the delta-method error and the seeds' std / sqrt(seeds)",
+    }
+    write_json(with_provenance(record, "evaluate nll", cfg, cfg.seed, device), out)
+    flag = f" [indicative only: {'; '.join(log_z.warnings())}]" if log_z.warnings() else ""
     print(
-        f"NLL base {results['base']['nats']:.3f}, NCP {results['ncp']['nats']:.3f} nats; "
-        f"log Z = {log_z.log_z:.4f} +- {log_z.std_error:.4f}"
+        f"NLL base {results['base'].nats:.3f}, NCP {results['ncp'].nats:.3f} nats; base - NCP "
+        f"{difference.nats:.3f} +- {difference.std_error:.3f}; log Z = {log_z.pooled.log_z:.4f} +- "
+        f"{log_z.std_error:.4f} (seed std {log_z.seed_std:.3f}){flag}"
     )
 
 
@@ -332,7 +387,6 @@ def run(
     test_data: Path | None = None,
     features: Path | None = None,
     samples: Sequence[Path] = (),
-    latents: Sequence[Path] = (),
     classifiers: Sequence[Path] = (),
 ) -> None:
     """Dispatch one metric; each needs only some of the paths."""
@@ -354,8 +408,8 @@ def run(
         need(samples=samples, train_data=train_data)
         write_neighbours(cfg, samples, train_data, out)
     elif metric == "mmd":
-        need(latents=latents, samples=samples)
-        evaluate_mmd(cfg, latents, samples, out)
+        need(checkpoint=checkpoint, test_data=test_data, samples=samples)
+        evaluate_mmd(cfg, checkpoint, test_data, samples, out)
     elif metric == "nll":
         need(checkpoint=checkpoint, classifiers=classifiers, test_data=test_data)
         evaluate_nll(cfg, checkpoint, classifiers, test_data, out)

@@ -27,8 +27,11 @@ class FIDResult:
     num_images: int  # images on the evaluated side
     num_reference: int  # images behind the reference statistics
     kid: float | None = None
-    fid_bootstrap_std: float | None = None  # spread of FID over resamples of the evaluated images
+    fid_bootstrap_std: float | None = None  # std of FID over resamples of the evaluated and reference features
     num_bootstrap: int = 0
+    bootstrap_sides: str = ""  # "both" (evaluated and reference resampled) or "evaluated" (no reference feats)
+    kid_std: float | None = None  # std of KID over clean-fid's random subsets (as torch-fidelity reports it)
+    kid_subsets: int = 0
 
     def to_dict(self) -> dict:
         """Plain dict for JSON / tables."""
@@ -122,29 +125,45 @@ def fid_from_features(feats1: np.ndarray, feats2: np.ndarray) -> float:
     return float(diff @ diff + trace1 + trace2 - 2 * trace_sqrt)
 
 
-def kid_from_features(
+def kid_subset_values(
     feats1: np.ndarray, feats2: np.ndarray, num_subsets: int = 100, max_subset_size: int = 1000, seed: int = 0
-) -> float:
-    """KID (clean-fid's kernel_distance) with numpy's global RNG seeded for the subsets, then restored."""
+) -> np.ndarray:
+    """KID of each of clean-fid's random subsets, (num_subsets,): their mean is clean-fid's
+    ``kernel_distance``, their std the KID's spread. Each value is one call of ``kernel_distance`` with one
+    subset; numpy's global RNG is seeded once, so the subsets are those of a single call, then restored."""
     from cleanfid.fid import kernel_distance
 
+    feats1, feats2 = np.asarray(feats1), np.asarray(feats2)
     state = np.random.get_state()
     np.random.seed(seed)
     try:
-        return float(kernel_distance(np.asarray(feats1), np.asarray(feats2), num_subsets, max_subset_size))
+        return np.array([kernel_distance(feats1, feats2, 1, max_subset_size) for _ in range(num_subsets)])
     finally:
         np.random.set_state(state)
+
+
+def kid_from_features(
+    feats1: np.ndarray, feats2: np.ndarray, num_subsets: int = 100, max_subset_size: int = 1000, seed: int = 0
+) -> float:
+    """KID (clean-fid's kernel_distance, the mean over ``num_subsets`` random subsets), seeded."""
+    return float(kid_subset_values(feats1, feats2, num_subsets, max_subset_size, seed).mean())
 
 
 def bootstrap_fid_std(
     feats: np.ndarray, reference: ReferenceFeatures, num_bootstrap: int, seed: int = 0
 ) -> float:
-    """Standard deviation of FID over ``num_bootstrap`` resamples (with replacement) of ``feats``."""
+    """Standard deviation of FID over ``num_bootstrap`` resamples (with replacement) of ``feats`` and, where
+    the reference kept its features, of the reference too (both sides carry sampling noise)."""
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(num_bootstrap):
         resampled = feats[rng.integers(0, len(feats), len(feats))]
-        values.append(frechet_distance(*feature_statistics(resampled), reference.mu, reference.sigma))
+        if reference.feats is not None:
+            reference_resampled = reference.feats[rng.integers(0, len(reference.feats), len(reference.feats))]
+            reference_stats = feature_statistics(reference_resampled)
+        else:
+            reference_stats = (reference.mu, reference.sigma)
+        values.append(frechet_distance(*feature_statistics(resampled), *reference_stats))
     return float(np.std(values, ddof=1))
 
 
@@ -168,7 +187,8 @@ def fid_against_reference(
     """FID (and KID where the reference kept its features) of features against a reference.
 
     KID costs ``kid_subsets`` x 3 products of (1000, D) matrices: about 30 s for 2048-d float32
-    Inception features on two CPU cores at the default 100 subsets.
+    Inception features on two CPU cores at the default 100 subsets. The bootstrap costs two covariances
+    and one Frechet distance per resample.
     """
     if reference.feature_net != feature_net:
         raise ValueError(f"reference statistics come from {reference.feature_net!r}, not {feature_net!r}")
@@ -176,11 +196,23 @@ def fid_against_reference(
         fid = fid_from_features(feats, reference.feats)
     else:
         fid = frechet_distance(*feature_statistics(feats), reference.mu, reference.sigma)
-    kid = None
+    kid = kid_std = None
     if with_kid and reference.feats is not None:
-        kid = kid_from_features(feats, reference.feats, num_subsets=kid_subsets, seed=seed)
+        subsets = kid_subset_values(feats, reference.feats, num_subsets=kid_subsets, seed=seed)
+        kid, kid_std = float(subsets.mean()), float(subsets.std(ddof=1)) if kid_subsets > 1 else None
     spread = bootstrap_fid_std(feats, reference, num_bootstrap, seed) if num_bootstrap > 1 else None
-    return FIDResult(fid, feature_net, len(feats), reference.num_images, kid, spread, num_bootstrap)
+    return FIDResult(
+        fid,
+        feature_net,
+        len(feats),
+        reference.num_images,
+        kid,
+        spread,
+        num_bootstrap if spread is not None else 0,
+        ("both" if reference.feats is not None else "evaluated") if spread is not None else "",
+        kid_std,
+        kid_subsets if kid is not None else 0,
+    )
 
 
 def fid_between_images(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor
@@ -28,15 +28,54 @@ class NLLResult:
 
     nats: float  # mean of -log p(x) over images
     bits_per_dim: float  # nats / (ln 2 * num_dims)
-    std_error: float  # standard error of the mean of the per-image NLLs
+    std_error: float  # standard error of the mean of the per-image NLLs (log Z's error not included)
     num_images: int
     iw_samples: int
     log_z: float = 0.0  # the normaliser subtracted for an NCP prior (0 for the base prior)
     num_dims: int = 0  # pixels x channels per image that log p(x|z) scores
+    per_image: Tensor | None = field(default=None, repr=False)  # (N,) -log p(x_i), for paired differences
+
+    def to_dict(self) -> dict:
+        """Plain dict for JSON / tables (without the per-image values)."""
+        record = asdict(self)
+        record.pop("per_image")
+        return record
+
+
+@dataclass
+class PairedDifference:
+    """NLL(base) - NLL(NCP) over the same images and binarisations, with its full standard error.
+
+    The two NLLs of one image share the binarisation and most of their Monte Carlo noise, so the
+    per-image differences vary far less than either NLL; log Z shifts every NCP NLL at once, so its
+    error adds in quadrature to the images' error of the mean difference, not per image.
+    """
+
+    nats: float  # mean over images of NLL_base - NLL_NCP (> 0: NCP is better)
+    std_error: float  # sqrt(se_images^2 + se_log_z^2)
+    std_error_images: float  # standard error of the mean per-image difference
+    std_error_log_z: float  # the log Z error used
+    num_images: int
 
     def to_dict(self) -> dict:
         """Plain dict for JSON / tables."""
         return asdict(self)
+
+
+def paired_difference(base: NLLResult, ncp: NLLResult, log_z_std_error: float) -> PairedDifference:
+    """NLL(base) - NLL(NCP) per image with its standard error, se(log Z) added in quadrature."""
+    if base.per_image is None or ncp.per_image is None or base.per_image.shape != ncp.per_image.shape:
+        raise ValueError("paired_difference needs both results' per-image NLLs over the same images")
+    differences = base.per_image.double() - ncp.per_image.double()  # (N,)
+    n = len(differences)
+    se_images = float(differences.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+    return PairedDifference(
+        nats=float(differences.mean()),
+        std_error=math.hypot(se_images, log_z_std_error),
+        std_error_images=se_images,
+        std_error_log_z=float(log_z_std_error),
+        num_images=n,
+    )
 
 
 def _model_input(images: Tensor, binarize_generator: torch.Generator | None) -> Tensor:
@@ -109,5 +148,5 @@ def importance_weighted_nll(
     std_error = float(nll.std(unbiased=True) / math.sqrt(len(nll))) if len(nll) > 1 else float("nan")
     nats = float(nll.mean())
     return NLLResult(
-        nats, nats / (math.log(2) * dims), std_error, len(nll), num_iw_samples, float(log_z), dims
+        nats, nats / (math.log(2) * dims), std_error, len(nll), num_iw_samples, float(log_z), dims, nll
     )

@@ -111,9 +111,17 @@ STAGE_CODE = {
         "ncp/metrics/nll.py",
         "ncp/metrics/log_z.py",
         "ncp/metrics/neighbours.py",
+        "ncp/cache_latents.py",
+        "ncp/provenance.py",
     ],
     "tables": _SHARED_CODE
-    + ["ncp/tables.py", "ncp/paper_tables.py", "ncp/workflow/study.py", "ncp/paper_results.yaml"],
+    + [
+        "ncp/tables.py",
+        "ncp/paper_tables.py",
+        "ncp/workflow/study.py",
+        "ncp/paper_results.yaml",
+        "ncp/provenance.py",
+    ],
 }
 
 

@@ -46,9 +46,10 @@ rule evaluate_fid:
 
 
 rule evaluate_mmd:
-    """MMD between q(z_k), p(z_k) and p_NCP(z_k) for every latent group (paper Table 9)."""
+    """MMD between q(z_k) (encoded from the held-out test split), p(z_k) and p_NCP(z_k) per group (Table 9)."""
     input:
-        latents=rules.cache_latents.output.latents,
+        checkpoint=rules.train_vae.output.checkpoint,
+        test=shared("prepare-data", "data/test.pt"),
         samples=samples,
         overlay=overlay,
         code=code("evaluate"),
@@ -58,12 +59,13 @@ rule evaluate_mmd:
         f"{RESULTS}/logs/evaluate_mmd.log",
     conda:
         "../envs/ncp.yaml"
+    resources:
+        gpu=GPU_PER_JOB,
     params:
         cfg=params_json("evaluate"),
-        latents=lambda wildcards, input: [f"{input.latents}/group_{k}.pt" for k in groups(wildcards)],
     shell:
-        "ncp evaluate mmd --params-json {params.cfg:q} --latents {params.latents} "
-        "--samples {input.samples} --out {output.metrics} > {log} 2>&1"
+        "ncp evaluate mmd --params-json {params.cfg:q} --checkpoint {input.checkpoint} "
+        "--test-data {input.test} --samples {input.samples} --out {output.metrics} > {log} 2>&1"
 
 
 rule evaluate_nll:
