@@ -137,9 +137,7 @@ def evaluate_fid(
     for path in samples:
         drawn = load_torch(path)
         feats = compute_features(drawn["images"], feature_net)
-        result = fid_against_reference(
-            feats, reference, feature_net.name, seed=cfg.seed, **spread_settings
-        )
+        result = fid_against_reference(feats, reference, feature_net.name, seed=cfg.seed, **spread_settings)
         methods[drawn["method"]] = result.to_dict()
         sampling[drawn["method"]] = {
             key: drawn.get(key)
@@ -186,7 +184,9 @@ def evaluate_fid(
 
 
 @torch.no_grad()
-def held_out_q_latents(cfg: ExperimentConfig, checkpoint: Path, test_data: Path) -> tuple[list[torch.Tensor], dict]:
+def held_out_q_latents(
+    cfg: ExperimentConfig, checkpoint: Path, test_data: Path
+) -> tuple[list[torch.Tensor], dict]:
     """Per group, z_k ~ q(z_k | z_<k, x) for test images x: the classifiers were trained on latents of the
     training split only (`cache-latents`), so Table 9's q must not come from there. The test split is used
     rather than a reserved part of the training split because it is held out from the VAE and from stage 2

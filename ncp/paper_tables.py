@@ -15,10 +15,12 @@ from pathlib import Path
 import pandas as pd
 
 from ncp.config import ExperimentConfig
+from ncp.provenance import PROVENANCE_KEY, describe, provenance
 from ncp.runtime import read_json
-from ncp.tables import fid_summary, lookup, nll_summary, paper_results, write_table
+from ncp.tables import fid_summary, lookup, nll_protocol, nll_summary, paper_results, write_table
 
 COMPARISON_TABLES = ("table1", "table2", "table3", "table4", "table5", "table6")
+METRIC_FILES = ("fid.json", "nll.json", "mmd.json")  # the files whose provenance a table lists
 
 
 class Run:
@@ -38,6 +40,15 @@ class Run:
         fid, nll = self.read("fid.json"), self.read("nll.json")
         return {"fid": fid_summary(fid) if fid else {}, "nll": nll_summary(nll) if nll else {}}
 
+    def provenance_lines(self, names: Sequence[str]) -> list[str]:
+        """One line per metrics file ``names`` this run has: the job, commit, params and seed that made it."""
+        lines = []
+        for name in names:
+            record = self.read(name)
+            if record is not None:
+                lines.append(f"{self.label}/{name}: {describe(record.get(PROVENANCE_KEY))}")
+        return lines
+
     def num_groups(self) -> int:
         """Latent groups of the run: one classifier metrics file each."""
         return len(list((self.metrics_dir / "nce").glob("group_*.json")))
@@ -56,21 +67,35 @@ def _notes(cfg: ExperimentConfig, runs: Sequence[Run], missing: list[str]) -> li
     return notes
 
 
+def spread_key(dotted: str | None) -> str | None:
+    """The summary key of a figure's ±: `nll.X` -> `nll.X_se`, `fid.ncp_sir` -> `fid.fid_std.sir`."""
+    if not dotted:
+        return None
+    section, _, name = dotted.partition(".")
+    if section == "nll":
+        return f"nll.{name}_se"
+    if section == "fid":
+        return f"fid.fid_std.{name.removeprefix('ncp_')}"
+    return None
+
+
 def comparison_table(paper: dict, runs: Sequence[Run], own_rows: bool) -> tuple[pd.DataFrame, list[str]]:
-    """Tables 1-6: each paper row, ours from the run that supplies it, and ours - paper. A row naming a
-    `run` takes that sub-experiment's figure; the others take this run's (``own_rows``: the table is in
-    its `paper.tables`), else its first sub-experiment's (Table 2 from the default's single-group VAE)."""
+    """Tables 1-6: each paper row, ours (with its ±) from the run that supplies it, and ours - paper. A row
+    naming a `run` takes that sub-experiment's figure; the others take this run's (``own_rows``: the table is
+    in its `paper.tables`), else its first sub-experiment's (Table 2 from the default's single-group VAE)."""
     by_label = {run.label: run for run in runs[1:]}
     default_source = runs[0] if own_rows else (runs[1] if len(runs) > 1 else None)
     rows, missing = [], []
     for row in paper["rows"]:
         source = by_label.get(row["run"]) if "run" in row else default_source
-        ours = lookup(source.summary(), row.get("ours")) if source is not None else None
+        summary = source.summary() if source is not None else {}
+        ours = lookup(summary, row.get("ours"))
         rows.append(
             {
                 "model": row["model"],
                 "paper": row["value"],
                 "ours": ours,
+                "ours ±": lookup(summary, spread_key(row.get("ours"))) if ours is not None else None,
                 "ours - paper": None if ours is None else ours - row["value"],
                 "ours from": source.label if ours is not None else "",
             }
@@ -78,6 +103,26 @@ def comparison_table(paper: dict, runs: Sequence[Run], own_rows: bool) -> tuple[
         if ours is None:
             missing.append(row["model"])
     return pd.DataFrame(rows), missing
+
+
+def comparison_sources(paper: dict, runs: Sequence[Run], own_rows: bool) -> list[Run]:
+    """The runs whose figures a comparison table shows (in row order, each once)."""
+    by_label = {run.label: run for run in runs[1:]}
+    default_source = runs[0] if own_rows else (runs[1] if len(runs) > 1 else None)
+    sources = [by_label.get(row["run"]) if "run" in row else default_source for row in paper["rows"]]
+    return list(dict.fromkeys(s for s in sources if s is not None))
+
+
+def comparison_notes(paper: dict, runs: Sequence[Run], own_rows: bool) -> list[str]:
+    """Tables 1-6's lines on errors: what ± means, and for NLL tables log Z over seeds and base - NCP."""
+    notes = []
+    for source in comparison_sources(paper, runs, own_rows):
+        nll = source.read("nll.json")
+        if nll is not None and any(str(row.get("ours", "")).startswith("nll.") for row in paper["rows"]):
+            notes += [f"{source.label}: {line}" for line in nll_protocol(nll_summary(nll))]
+    if any(str(row.get("ours", "")).startswith("fid.") for row in paper["rows"]):
+        notes.append("FID ±: std over bootstrap resamples of both the samples and the reference")
+    return notes
 
 
 def groups_table(paper: dict, runs: Sequence[Run]) -> tuple[pd.DataFrame, list[str]]:
@@ -205,6 +250,8 @@ def _mmd_notes(cfg: ExperimentConfig, mmd: dict, paper_rows: Sequence[dict]) -> 
         f"(by {mmd['ncp_method']}), {mmd.get('num_q', mmd['num_samples'])} of q per group; {mmd['estimator']}; "
         "bandwidth = scale x the median heuristic, shared by both columns"
     ]
+    if "q_source" in mmd:
+        notes.append(f"q: {mmd['q_source']}, {mmd['num_test_images']} images, {mmd['q_passes']} pass(es)")
     if "ncp_closer" in mmd:
         notes.append(
             "± = standard error (first-order, Bounliphone et al. 2016); z = (q_p - q_pncp) / its standard "
@@ -235,8 +282,9 @@ def run(
         raise ValueError(f"`ncp paper-table {name}` needs --runs (this run's metrics folder first)")
     spec = paper[name]
     if name in COMPARISON_TABLES:
-        frame, missing = comparison_table(spec, runs, own_rows=name in cfg.paper_tables)
-        notes = _notes(cfg, runs, missing)
+        own_rows = name in cfg.paper_tables
+        frame, missing = comparison_table(spec, runs, own_rows=own_rows)
+        notes = _notes(cfg, runs, missing) + comparison_notes(spec, runs, own_rows)
     elif name == "table7":
         frame, missing = groups_table(spec, runs)
         notes = _notes(cfg, runs, missing) + [
@@ -254,4 +302,11 @@ def run(
         notes = _mmd_notes(cfg, runs[0].read("mmd.json"), spec["rows"])
     else:
         raise ValueError(f"no builder for paper table {name!r}")
+    sources = {"table7": runs, "table8": runs[:1], "table9": runs[:1]}.get(name) or comparison_sources(
+        spec, runs, name in cfg.paper_tables
+    )
+    files = [f"fid/{variant}.json" for variant in variants] if name == "table8" else METRIC_FILES
+    notes.append("made by (job, commit, params hash, seed, device, wall time):")
+    notes += [line for run in sources for line in run.provenance_lines(files)]
+    notes.append(f"this table: {describe(provenance(f'paper-table {name}', cfg, cfg.seed))}")
     write_table(frame, spec["title"], notes, Path(out_stem))

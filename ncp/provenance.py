@@ -103,7 +103,9 @@ def device_name(device: torch.device | str | None = None) -> str:
 
 def peak_memory(device: torch.device | str | None = None) -> dict[str, int]:
     """Peak resident memory of this process in bytes, and CUDA's allocator peak on a GPU."""
-    memory = {"peak_rss_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024}  # KiB on Linux
+    memory = {
+        "peak_rss_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    }  # KiB on Linux
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type == "cuda" and torch.cuda.is_available():
         memory["peak_cuda_bytes"] = int(torch.cuda.max_memory_allocated(device))
@@ -145,7 +147,11 @@ def describe(block: dict | None) -> str:
     if not block:
         return "no provenance recorded"
     commit = block.get("git_commit")
-    commit_text = "not a git checkout" if commit is None else commit[:12] + (" (dirty)" if block.get("git_dirty") else "")
+    commit_text = (
+        "not a git checkout"
+        if commit is None
+        else commit[:12] + (" (dirty)" if block.get("git_dirty") else "")
+    )
     return (
         f"`{block.get('job')}`: commit {commit_text}, params {block.get('params_sha256')}, "
         f"seed {block.get('seed')}, {block.get('device')}, {block.get('wall_time_s', float('nan')):.0f} s"

@@ -1,7 +1,8 @@
 """Stage 5 (`ncp tables`): `metrics/summary.json`, the results table and the Fig. 5 plots.
 
 Every table is built as a pandas frame and written as Markdown (tabulate) and LaTeX, with the protocol
-underneath (sample counts, feature network, temperature, seed). The paper's own tables, with its values
+underneath (sample counts, feature network, temperature, seed, the errors' meaning, and the provenance of
+every metrics file behind it: job, git commit, params hash, seed; see ncp/provenance.py). The paper's own tables, with its values
 (from `paper_results.yaml`, the one place those numbers live) beside ours, come from ncp/paper_tables.py.
 """
 
@@ -15,6 +16,7 @@ import pandas as pd
 import yaml
 
 from ncp.config import ExperimentConfig
+from ncp.provenance import PROVENANCE_KEY, describe, provenance
 from ncp.runtime import atomic_write_text, read_json, write_json
 
 
@@ -51,20 +53,76 @@ def fid_summary(fid: dict) -> dict:
 
 
 def nll_summary(nll: dict) -> dict:
-    """The NLL part of the summary, from `metrics/nll.json`."""
+    """The NLL part of the summary, from `metrics/nll.json` (files from before the paired difference and the
+    log Z seeds existed give None for those keys)."""
+    seeds = nll.get("log_z_seeds") or {}
+    paired = nll.get("base_minus_ncp") or {}
     return {
         "base": nll["base"]["nats"],
         "base_se": nll["base"]["std_error"],
         "ncp": nll["ncp"]["nats"],
-        "ncp_se": nll["ncp"]["std_error"],
+        "ncp_se": nll["ncp"]["std_error"],  # with log Z's error in quadrature
+        "ncp_se_images": nll["ncp"].get("std_error_images"),
+        "base_minus_ncp": paired.get("nats"),
+        "base_minus_ncp_se": paired.get("std_error"),  # per-image pairs, log Z's error in quadrature
+        "base_minus_ncp_se_images": paired.get("std_error_images"),
         "log_z": nll["log_z"],
         "log_z_se": nll["log_z_se"],
+        "log_z_delta_method_se": seeds.get("delta_method_se"),
+        "log_z_seed_std": seeds.get("seed_std"),
+        "log_z_num_seeds": len(seeds["seeds"]) if "seeds" in seeds else None,
         "log_z_ess": nll["log_z_ess"],
+        "log_z_ess_fraction": seeds.get("ess_fraction"),
         "log_z_samples": nll["log_z_samples"],
+        "indicative_only": nll.get("indicative_only"),
+        "warnings": nll.get("warnings", []),
         "iw_samples": nll["iw_samples"],
         "num_images": nll["num_images"],
         "units": "nats per image",
     }
+
+
+def nll_protocol(nll: dict) -> list[str]:
+    """Protocol lines for an NLL summary: log Z over seeds, the paired difference, and the flag."""
+    lines = [
+        f"NLL: {nll['num_images']} test images, {nll['iw_samples']} importance samples; NCP NLL includes -log Z, "
+        f"log Z = {nll['log_z']:.3f} +- {nll['log_z_se']:.3f} from {nll['log_z_samples']} prior samples "
+        f"(ESS {nll['log_z_ess']:.0f})"
+    ]
+    if nll.get("log_z_seed_std") is not None:
+        lines.append(
+            f"log Z over {nll['log_z_num_seeds']} seeds: std {nll['log_z_seed_std']:.3f} per seed (the paper's "
+            f"criterion: <= 0.23) beside the delta-method error {nll['log_z_delta_method_se']:.3f}; the ± of log Z "
+            "is the larger of that error and std / sqrt(seeds)"
+        )
+    if nll.get("base_minus_ncp") is not None:
+        lines.append(
+            f"paired NLL(base) - NLL(NCP) = {nll['base_minus_ncp']:.3f} ± {nll['base_minus_ncp_se']:.3f} nats "
+            f"(same images and binarisations; per-image pairs ± {nll['base_minus_ncp_se_images']:.3f}, log Z's "
+            "error in quadrature); NCP's NLL ± includes log Z's error"
+        )
+    if nll.get("indicative_only"):
+        lines.append("† NCP NLL indicative only: " + "; ".join(nll["warnings"]))
+    return lines
+
+
+def sir_spread_lines(summary: dict) -> list[str]:
+    """A protocol line on SIR's per-context log Z_k: how far the sampled and the scored priors differ."""
+    spreads = [(g["group"], g.get("sir_log_z_k_std")) for g in summary["nce"]["per_group"]]
+    if not any(value is not None for _, value in spreads):
+        return []
+    listed = ", ".join(f"group {k}: {value:.3f}" for k, value in spreads if value is not None)
+    return [
+        "std over contexts of SIR's log Z_k(z_<k) (fig5_log_z_k.png): " + listed + "; samplers draw from "
+        "prod_k r_k p_k / Z_k, the NLL scores r p / Z with one Z, so they agree only where these are ~0 "
+        "(each value includes Monte Carlo noise of about 1 / sqrt(ESS))"
+    ]
+
+
+def provenance_lines(summary: dict) -> list[str]:
+    """Protocol lines tracing each metrics file of a summary to its job, commit, params and seed."""
+    blocks = summary.get(PROVENANCE_KEY, {})
+    return [f"{name}: {describe(block)}" for name, block in sorted(blocks.items())]
 
 
 def build_summary(cfg: ExperimentConfig, metrics_dir: Path) -> dict:
@@ -75,7 +133,15 @@ def build_summary(cfg: ExperimentConfig, metrics_dir: Path) -> dict:
     nce_groups = [read_json(path) for path in nce_files]
     sampling = fid.get("sampling", {})
     sir_stats = sampling.get("sir", {}).get("diagnostics", {})
+    # every number's origin, under the one key a comparison of two runs drops
+    origins = {
+        f"{name}.json": record.get(PROVENANCE_KEY)
+        for name, record in (("fid", fid), ("mmd", mmd), ("nll", nll))
+    }
+    origins |= {f"nce/{path.name}": g.get(PROVENANCE_KEY) for path, g in zip(nce_files, nce_groups)}
+    origins["summary.json"] = provenance("tables", cfg, cfg.seed)
     return {
+        PROVENANCE_KEY: origins,
         "experiment": cfg.experiment,
         "seed": cfg.seed,
         "fid": fid_summary(fid),
@@ -103,6 +169,7 @@ def build_summary(cfg: ExperimentConfig, metrics_dir: Path) -> dict:
                     "mean_log_r_p": g["mean_log_r_p"],
                     "accuracy": g["accuracy"],
                     "sir_ess": sir_stats.get(str(g["group"]), {}).get("mean_ess"),
+                    "sir_log_z_k_std": sir_stats.get(str(g["group"]), {}).get("std_log_mean_r"),
                 }
                 for g in nce_groups
             ],
@@ -138,32 +205,49 @@ def write_table(frame: pd.DataFrame, title: str, protocol: list[str], stem: Path
 def results_frame(summary: dict) -> pd.DataFrame:
     """Base VAE vs NCP-VAE (and reconstructions) on every metric of this run."""
     fid, nll = summary["fid"], summary["nll"]
-    sampling, spread = summary["sampling"], fid.get("fid_std", {})
+    sampling, spread, kid_spread = summary["sampling"], fid.get("fid_std", {}), fid.get("kid_std", {})
+    ncp = "NCP-VAE" + (" †" if nll.get("indicative_only") else "")  # † : NLL indicative only (see below)
 
-    def row(model, method, fid_value, nll_value, nll_se):
+    def row(model, method, fid_value, nll_value=None, nll_se=None, gain=None, gain_se=None):
         return (
             model,
             fid_value,
             spread.get(method),
             fid["kid"].get(method),
+            kid_spread.get(method),
             nll_value,
             nll_se,
+            gain,
+            gain_se,
             sampling.get(method, {}).get("seconds_per_image"),
         )
 
+    paired = (nll.get("base_minus_ncp"), nll.get("base_minus_ncp_se"))
     rows = [
         row("Base VAE (prior p)", "base", fid["base"], nll["base"], nll.get("base_se")),
-        row("NCP-VAE, SIR", "sir", fid["ncp_sir"], nll["ncp"], nll.get("ncp_se")),
+        row(f"{ncp}, SIR", "sir", fid["ncp_sir"], nll["ncp"], nll.get("ncp_se"), *paired),
     ]
     if fid.get("ncp_ld") is not None:
-        rows.append(row("NCP-VAE, LD", "ld", fid["ncp_ld"], nll["ncp"], nll.get("ncp_se")))
-    rows.append(row("Base VAE-Recon (q)", "recon", fid["recon"], None, None))
-    # ± columns: FID's bootstrap spread over the generated images; NLL's standard error over test images
-    return pd.DataFrame(rows, columns=["model", "FID", "FID ±", "KID", "NLL (nats)", "NLL ±", "s / image"])
+        rows.append(row(f"{ncp}, LD", "ld", fid["ncp_ld"], nll["ncp"], nll.get("ncp_se"), *paired))
+    rows.append(row("Base VAE-Recon (q)", "recon", fid["recon"]))
+    columns = [
+        "model",
+        "FID",
+        "FID ±",
+        "KID",
+        "KID ±",
+        "NLL (nats)",
+        "NLL ±",
+        "NLL base − NCP",
+        "±",
+        "s / image",
+    ]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def plot_figure5(summary: dict, figures_dir: Path) -> None:
-    """Fig. 5: (a) final classifier loss per group, (b) SIR effective sample size vs that loss."""
+    """Fig. 5: (a) final classifier loss per group, (b) SIR effective sample size vs that loss, and beside it
+    (c) the std over contexts of SIR's per-context log Z_k per group."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -190,6 +274,16 @@ def plot_figure5(summary: dict, figures_dir: Path) -> None:
     fig.tight_layout()
     fig.savefig(figures_dir / "fig5_ess.png", dpi=120)
     plt.close(fig)
+    # beside Fig. 5: how much SIR's per-context normaliser Z_k(z_<k) varies; sampling uses the locally
+    # normalised prod_k r_k p_k / Z_k, the NLL scores r p / Z with one Z: they agree only where this is ~0
+    with_spread = [g for g in groups if g.get("sir_log_z_k_std") is not None]
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar([g["group"] for g in with_spread], [g["sir_log_z_k_std"] for g in with_spread], color="tab:green")
+    ax.set_xlabel("latent group")
+    ax.set_ylabel("std over contexts of log Z_k")
+    fig.tight_layout()
+    fig.savefig(figures_dir / "fig5_log_z_k.png", dpi=120)
+    plt.close(fig)
 
 
 def run(
@@ -200,12 +294,17 @@ def run(
     write_json(summary, summary_out)
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
     fid, nll = summary["fid"], summary["nll"]
-    protocol = [
+    protocol = [  # every line a reader needs to judge the figures, and where each came from
         f"experiment `{cfg.experiment}`, seed {cfg.seed}; samples at temperature 1 (the quantitative protocol)",
-        f"FID/KID: {fid['num_samples']} samples vs {fid['num_reference']} training images, features: {fid['features']}",
-        f"NLL: {nll['num_images']} test images, {nll['iw_samples']} importance samples; NCP NLL includes -log Z, "
-        f"log Z = {nll['log_z']:.3f} +- {nll['log_z_se']:.3f} from {nll['log_z_samples']} prior samples (ESS {nll['log_z_ess']:.0f})",
-        f"SIR with {cfg.sample.sir_num_proposals} proposals per group; LD {cfg.sample.ld_num_steps} steps of size {cfg.sample.ld_step_size}",
+        f"FID/KID: {fid['num_samples']} samples vs {fid['num_reference']} training images, features: {fid['features']}; "
+        "FID ± = std over bootstrap resamples of both the samples and the reference; KID ± = std over "
+        "clean-fid's random subsets",
+        *nll_protocol(nll),
+        f"SIR with {cfg.sample.sir_num_proposals} proposals per group; LD {cfg.sample.ld_num_steps} steps of size "
+        f"{cfg.sample.ld_step_size} ({cfg.sample.ld_step_scaling} step scaling)",
+        "made by (job, commit, params hash, seed, device, wall time; full record in summary.json's provenance):",
+        *sir_spread_lines(summary),
+        *provenance_lines(summary),
     ]
     write_table(
         results_frame(summary), f"Base VAE vs NCP-VAE ({cfg.experiment})", protocol, tables_dir / "results"

@@ -33,7 +33,9 @@ def test_the_old_fixed_step_diverges_on_a_narrow_gaussian_and_stops_naming_the_g
     few = LangevinSampler(tilted(0.0), num_steps=5, step_size=0.01, step_scaling="fixed")
     assert few(0, narrow_prior(500), None).std().item() > 1000 * SIGMA
     default = LangevinSampler(tilted(0.0), num_steps=50, step_size=0.01, step_scaling="fixed")
-    with pytest.raises(FloatingPointError, match=r"group 0 has non-finite latents.*step_scaling: prior_variance"):
+    with pytest.raises(
+        FloatingPointError, match=r"group 0 has non-finite latents.*step_scaling: prior_variance"
+    ):
         default(0, narrow_prior(500), None)
 
 
@@ -68,7 +70,9 @@ def test_langevin_refuses_nan_latents_with_the_group_named_instead_of_writing_na
     # without the check walk_prior would decode NaN latents into NaN images and `ncp sample` would save them
     vae = TwoGroupToyVAE()
     sampler = LangevinSampler(NCPPrior([None, NaNOnGroupTwo()]), num_steps=3, step_size=0.01)
-    with pytest.raises(FloatingPointError, match=r"^Langevin dynamics: group 1 has non-finite latents in 8 of 8"):
+    with pytest.raises(
+        FloatingPointError, match=r"^Langevin dynamics: group 1 has non-finite latents in 8 of 8"
+    ):
         vae.walk_prior(8, sampler)
 
 

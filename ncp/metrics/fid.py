@@ -27,9 +27,13 @@ class FIDResult:
     num_images: int  # images on the evaluated side
     num_reference: int  # images behind the reference statistics
     kid: float | None = None
-    fid_bootstrap_std: float | None = None  # std of FID over resamples of the evaluated and reference features
+    fid_bootstrap_std: float | None = (
+        None  # std of FID over resamples of the evaluated and reference features
+    )
     num_bootstrap: int = 0
-    bootstrap_sides: str = ""  # "both" (evaluated and reference resampled) or "evaluated" (no reference feats)
+    bootstrap_sides: str = (
+        ""  # "both" (evaluated and reference resampled) or "evaluated" (no reference feats)
+    )
     kid_std: float | None = None  # std of KID over clean-fid's random subsets (as torch-fidelity reports it)
     kid_subsets: int = 0
 

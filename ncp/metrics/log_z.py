@@ -127,7 +127,9 @@ class LogZOverSeeds:
         """Why an NLL using this log Z is indicative only (empty when neither criterion is broken)."""
         found = []
         if self.ess_fraction < MIN_ESS_FRACTION:
-            found.append(f"ESS of log Z is {100 * self.ess_fraction:.2g}% of its samples (< {100 * MIN_ESS_FRACTION:g}%)")
+            found.append(
+                f"ESS of log Z is {100 * self.ess_fraction:.2g}% of its samples (< {100 * MIN_ESS_FRACTION:g}%)"
+            )
         if self.seed_std > PAPER_LOG_Z_STD:
             found.append(f"std of log Z over seeds is {self.seed_std:.3f} (> the paper's {PAPER_LOG_Z_STD})")
         return found

@@ -29,6 +29,9 @@ class SIRGroupStats:
     num_proposals: int
     mean_ess: float  # mean over images of 1 / sum_m w_hat_m^2, in [1, M]
     mean_log_mean_r: float  # mean over images of log((1/M) sum_m r_m), a per-context log Z_k
+    # std over images of that per-context log Z_k (Monte Carlo noise included): 0 only where Z_k does not
+    # depend on z_<k, i.e. where the sampled (locally normalised) and scored (one global Z) priors agree
+    std_log_mean_r: float = 0.0
 
     @property
     def mean_ess_fraction(self) -> float:
@@ -48,7 +51,7 @@ class SIRSampler:
         self.ncp_prior = ncp_prior.eval()
         self.num_proposals = num_proposals
         self.chunk_size = chunk_size
-        # group -> [number of images, sum of ESS, sum of log mean r]
+        # group -> [number of images, sum of ESS, sum of log mean r, sum of its square]
         self._totals: dict[int, list[float]] = {}
 
     @torch.no_grad()
@@ -88,10 +91,11 @@ class SIRSampler:
         """Add this call's per-image ESS and log mean weight to group k's running totals."""
         ess = torch.exp(2.0 * log_sum_w - log_sum_w2)  # (sum w)^2 / sum w^2, (B,)
         log_mean_r = log_sum_w - math.log(self.num_proposals)
-        totals = self._totals.setdefault(k, [0, 0.0, 0.0])
+        totals = self._totals.setdefault(k, [0, 0.0, 0.0, 0.0])
         totals[0] += ess.numel()
         totals[1] += ess.sum().item()
         totals[2] += log_mean_r.sum().item()
+        totals[3] += log_mean_r.square().sum().item()
 
     def diagnostics(self) -> dict[int, SIRGroupStats]:
         """Per-group ESS statistics over all calls since construction or ``reset_diagnostics``."""
@@ -101,8 +105,9 @@ class SIRSampler:
                 num_proposals=self.num_proposals,
                 mean_ess=ess_sum / n,
                 mean_log_mean_r=log_r_sum / n,
+                std_log_mean_r=math.sqrt(max(square_sum / n - (log_r_sum / n) ** 2, 0.0) * n / max(n - 1, 1)),
             )
-            for k, (n, ess_sum, log_r_sum) in sorted(self._totals.items())
+            for k, (n, ess_sum, log_r_sum, square_sum) in sorted(self._totals.items())
         }
 
     def reset_diagnostics(self) -> None:

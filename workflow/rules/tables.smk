@@ -13,7 +13,7 @@ rule tables:
         ),
         latex=f"{MAIN_RESULTS}/tables/results.tex",
         figure5=report(
-            expand(f"{MAIN_RESULTS}/figures/fig5_{{panel}}.png", panel=["loss", "ess"]),
+            expand(f"{MAIN_RESULTS}/figures/fig5_{{panel}}.png", panel=["loss", "ess", "log_z_k"]),
             caption="../report/figure5.rst",
             category="Figure 5",
         ),
