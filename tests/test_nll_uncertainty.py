@@ -71,7 +71,9 @@ def test_log_z_over_seeds_pools_the_weights_and_reports_their_spread():
     found = estimate_log_z_over_seeds(vae, ncp_prior, 4000, seeds, batch_size=1500)
     # each seed's estimate is the plain estimator under that seed
     torch.manual_seed(13)
-    assert found.per_seed[2].log_z == pytest.approx(estimate_log_z(vae, ncp_prior, 4000, 1500).log_z, abs=1e-12)
+    assert found.per_seed[2].log_z == pytest.approx(
+        estimate_log_z(vae, ncp_prior, 4000, 1500).log_z, abs=1e-12
+    )
     assert found.pooled.num_samples == 20_000 and found.seeds == seeds
     # the pooled log Z is the log-mean of all 20,000 weights, i.e. log of the mean of the per-seed Z's
     mean_z = sum(math.exp(e.log_z) for e in found.per_seed) / len(seeds)
