@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 
-from ncp.cache_latents import collect_group_samples
 from ncp.config import ExperimentConfig
 from ncp.data import iterate_batches, load_image_set
 from ncp.metrics.feature_nets import (
@@ -41,7 +40,7 @@ from ncp.metrics.fid import (
     save_reference_features,
 )
 from ncp.metrics.log_z import estimate_log_z_over_seeds
-from ncp.metrics.mmd import latent_mmd
+from ncp.metrics.mmd import encode_latents, latent_mmd
 from ncp.metrics.nll import importance_weighted_nll, paired_difference
 from ncp.models.registry import load_vae_checkpoint
 from ncp.priors.checkpoints import load_ncp_prior
@@ -183,35 +182,24 @@ def evaluate_fid(
     write_json(with_provenance(record, "evaluate fid", cfg, cfg.seed, device), out)
 
 
-@torch.no_grad()
 def held_out_q_latents(
     cfg: ExperimentConfig, checkpoint: Path, test_data: Path
 ) -> tuple[list[torch.Tensor], dict]:
     """Per group, z_k ~ q(z_k | z_<k, x) for test images x: the classifiers were trained on latents of the
     training split only (`cache-latents`), so Table 9's q must not come from there. The test split is used
     rather than a reserved part of the training split because it is held out from the VAE and from stage 2
-    alike and needs no change to their data. Where ``evaluate.mmd.num_q`` exceeds the test images, each
-    image is encoded again with fresh noise (and binarisation), and num_q are kept at random."""
-    device = pick_device(cfg.device)
-    model = load_vae_checkpoint(checkpoint, device)
+    alike and needs no change to their data."""
+    model = load_vae_checkpoint(checkpoint, pick_device(cfg.device))
     test = load_image_set(test_data)
     num_q = cfg.evaluate.mmd_num_q or len(test.images)
-    passes = -(-num_q // len(test.images))
     generator = torch.Generator().manual_seed(cfg.seed + 23)
-
-    def batches():
-        for _ in range(passes):
-            for x in iterate_batches(test, cfg.sample.batch_size, shuffle=False, generator=generator):
-                yield x.to(device)
-
-    groups = collect_group_samples(model, batches(), torch.float32)
-    keep = torch.randperm(passes * len(test.images), generator=generator)[:num_q]
+    latents = encode_latents(model, test, num_q, cfg.sample.batch_size, generator)
     source = {
         "q_source": "test split, encoded with noise 1 (held out from the VAE and the classifiers)",
         "num_test_images": len(test.images),
-        "q_passes": passes,
+        "q_passes": -(-num_q // len(test.images)),
     }
-    return [group["z_q"][keep] for group in groups], source
+    return latents, source
 
 
 def evaluate_mmd(

@@ -27,6 +27,25 @@ from torch import Tensor
 ROW_BLOCK = 1024  # kernel rows per block: 1024 x 10,000 float64 = 80 MB at a time
 
 
+@torch.no_grad()
+def encode_latents(
+    model, images, num_latents: int, batch_size: int, generator: torch.Generator
+) -> list[Tensor]:
+    """Per group, ``num_latents`` draws z_k ~ q(z_k | z_<k, x) (float32, CPU) over an ImageSet's images: each
+    image is encoded ceil(num_latents / N) times with fresh noise (and binarisation), num_latents kept at random."""
+    from ncp.data import iterate_batches
+
+    device = next(model.parameters()).device
+    passes = -(-num_latents // len(images.images))
+    per_group: list[list[Tensor]] = [[] for _ in range(model.num_groups)]
+    for _ in range(passes):
+        for x in iterate_batches(images, batch_size, shuffle=False, generator=generator):
+            for k, z in enumerate(model(x.to(device), noise_scale=1.0).latents):
+                per_group[k].append(z.to("cpu", torch.float32))
+    keep = torch.randperm(passes * len(images.images), generator=generator)[:num_latents]
+    return [torch.cat(group)[keep] for group in per_group]
+
+
 def flatten_latents(latents: Tensor | Sequence[Tensor]) -> Tensor:
     """One row per sample: a tensor (N, *shape) or per-group tensors [(N, *shape_k)] -> (N, D) float64."""
     if isinstance(latents, Tensor):

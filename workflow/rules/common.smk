@@ -111,7 +111,6 @@ STAGE_CODE = {
         "ncp/metrics/nll.py",
         "ncp/metrics/log_z.py",
         "ncp/metrics/neighbours.py",
-        "ncp/cache_latents.py",
         "ncp/provenance.py",
     ],
     "tables": _SHARED_CODE
