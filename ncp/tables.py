@@ -86,13 +86,13 @@ def nll_protocol(nll: dict) -> list[str]:
     """Protocol lines for an NLL summary: log Z over seeds, the paired difference, and the flag."""
     lines = [
         f"NLL: {nll['num_images']} test images, {nll['iw_samples']} importance samples; NCP NLL includes -log Z, "
-        f"log Z = {nll['log_z']:.3f} +- {nll['log_z_se']:.3f} from {nll['log_z_samples']} prior samples "
+        f"log Z = {nll['log_z']:.3f} ± {nll['log_z_se']:.2g} from {nll['log_z_samples']} prior samples "
         f"(ESS {nll['log_z_ess']:.0f})"
     ]
     if nll.get("log_z_seed_std") is not None:
         lines.append(
             f"log Z over {nll['log_z_num_seeds']} seeds: std {nll['log_z_seed_std']:.3f} per seed (the paper's "
-            f"criterion: <= 0.23) beside the delta-method error {nll['log_z_delta_method_se']:.3f}; the ± of log Z "
+            f"criterion: <= 0.23) beside the delta-method error {nll['log_z_delta_method_se']:.2g}; the ± of log Z "
             "is the larger of that error and std / sqrt(seeds)"
         )
     if nll.get("base_minus_ncp") is not None:
@@ -302,8 +302,8 @@ def run(
         *nll_protocol(nll),
         f"SIR with {cfg.sample.sir_num_proposals} proposals per group; LD {cfg.sample.ld_num_steps} steps of size "
         f"{cfg.sample.ld_step_size} ({cfg.sample.ld_step_scaling} step scaling)",
-        "made by (job, commit, params hash, seed, device, wall time; full record in summary.json's provenance):",
         *sir_spread_lines(summary),
+        "made by (job, commit, params hash, seed, device, wall time; full record in summary.json's provenance):",
         *provenance_lines(summary),
     ]
     write_table(

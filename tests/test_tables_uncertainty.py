@@ -99,7 +99,7 @@ def test_results_table_shows_paired_difference_spreads_flag_and_sources(tmp_path
     sir_row = next(_cells(line) for line in text.splitlines() if "NCP-VAE †, SIR" in line)
     assert sir_row[-3:-1] == ["1", "0.25"]  # the paired difference and its full error
     assert "† NCP NLL indicative only: std of log Z over seeds is 0.400" in text
-    assert "log Z over 5 seeds: std 0.400 per seed" in text and "delta-method error 0.100" in text
+    assert "log Z over 5 seeds: std 0.400 per seed" in text and "delta-method error 0.1;" in text
     assert "paired NLL(base) - NLL(NCP) = 1.000 ± 0.250" in text
     assert "group 1: 0.310" in text  # SIR's per-context log Z_k spread
     assert "nll.json: `evaluate nll`: commit feedfacecafe" in text
