@@ -313,8 +313,9 @@ def test_slurm_profile_passes_a_dry_run(tmp_path):
     jobs = result.stdout.split("\n\n")
     train_vae = next(block for block in jobs if "rule train_vae:" in block)
     assert "gpu=1" in train_vae and "runtime=2880" in train_vae
-    mmd = next(block for block in jobs if "rule evaluate_mmd:" in block)
-    assert "gpu=" not in mmd
+    # a CPU-only job asks for no GPU (evaluate_mmd now encodes test images with the VAE, so it asks for one)
+    neighbours = next(block for block in jobs if "rule nearest_neighbours:" in block)
+    assert "gpu=" not in neighbours
 
 
 def test_default_profile_is_picked_up_from_the_repository_root(tmp_path):

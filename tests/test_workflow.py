@@ -93,6 +93,9 @@ def test_micro_params_run_end_to_end(tmp_path):
     assert math.isfinite(summary["nll"]["base"]) and math.isfinite(summary["nll"]["ncp"])
     assert summary["nll"]["iw_samples"] == 4
     assert [g["group"] for g in summary["mmd"]["per_group"]] == [0, 1, 2, 3]
+    mmd = json.loads((out / "metrics/mmd.json").read_text())
+    assert mmd["q_source"].startswith("test split") and mmd["num_q"] == 128  # Table 9's q is held out
+    assert {"fid.json", "mmd.json", "nll.json", "summary.json"} <= set(summary["provenance"])
     assert [g["group"] for g in summary["nce"]["per_group"]] == [0, 1, 2, 3]
     for group in summary["nce"]["per_group"]:
         assert 0 < group["final_loss"] < 2.5
