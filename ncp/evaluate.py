@@ -40,7 +40,7 @@ from ncp.metrics.fid import (
     save_reference_features,
 )
 from ncp.metrics.log_z import estimate_log_z_over_seeds
-from ncp.metrics.mmd import encode_latents, latent_mmd
+from ncp.metrics.mmd import encode_latents, latent_mmd, ncp_closer_counts
 from ncp.metrics.nll import importance_weighted_nll, paired_difference
 from ncp.models.registry import load_vae_checkpoint
 from ncp.priors.checkpoints import load_ncp_prior
@@ -202,25 +202,44 @@ def held_out_q_latents(
     return latents, source
 
 
-def evaluate_mmd(
-    cfg: ExperimentConfig, checkpoint: Path, test_data: Path, samples: Sequence[Path], out: Path
-) -> None:
-    """Per group: MMD^2(q, p) and MMD^2(q, p_NCP) at shared bandwidths, with standard errors (paper Table 9);
-    q from held-out test images (see ``held_out_q_latents``)."""
-    seed_everything(cfg.seed + 29)
+def mmd_populations(cfg: ExperimentConfig, samples: Sequence[Path]) -> tuple[str, dict, dict]:
+    """(NCP method, base prior's sample record, NCP sampler's record), checked to hold enough images."""
     by_method = {load_torch(path)["method"]: path for path in samples}
     ncp_method = "sir" if "sir" in by_method else next((m for m in by_method if m != "base"), None)
     if ncp_method is None or "base" not in by_method:
         raise ValueError("MMD needs the base prior's samples and one NCP sampler's samples")
     base, ncp = load_torch(by_method["base"]), load_torch(by_method[ncp_method])
-    ev, n = cfg.evaluate, cfg.evaluate.mmd_num_samples
+    n = cfg.evaluate.mmd_num_samples
     held = min(len(base["latents"][0]), len(ncp["latents"][0]))
     if held < n:
         raise ValueError(
             f"evaluate.mmd.num_samples is {n} but the sample files hold {held} images: "
             f"raise sample.num_samples or lower evaluate.mmd.num_samples"
         )
+    return ncp_method, base, ncp
+
+
+def evaluate_mmd(
+    cfg: ExperimentConfig, checkpoint: Path, test_data: Path, samples: Sequence[Path], out: Path
+) -> None:
+    """Per group: MMD^2(q, p) and MMD^2(q, p_NCP) at shared bandwidths, with standard errors (paper Table 9);
+    q from held-out test images (see ``held_out_q_latents``)."""
+    seed_everything(cfg.seed + 29)
+    populations = mmd_populations(cfg, samples)  # fails before any encoding
     q_latents, q_source = held_out_q_latents(cfg, checkpoint, test_data)
+    write_mmd(cfg, q_latents, q_source, populations, out)
+
+
+def write_mmd(
+    cfg: ExperimentConfig,
+    q_latents: Sequence[torch.Tensor],
+    q_source: dict,
+    populations: tuple[str, dict, dict],
+    out: Path,
+) -> None:
+    """Table 9's record from q's latents per group and the samplers' latents (see ``mmd_populations``)."""
+    ncp_method, base, ncp = populations
+    ev, n = cfg.evaluate, cfg.evaluate.mmd_num_samples
     per_group = []
     for k, z_q in enumerate(q_latents):
         result = latent_mmd(
@@ -245,6 +264,7 @@ def evaluate_mmd(
                 **result.to_dict(),
             }
         )
+
     record = {
         "num_samples": n,
         "num_q": per_group[0]["num_q"],
@@ -259,22 +279,6 @@ def evaluate_mmd(
         "per_group": per_group,
     }
     write_json(with_provenance(record, "evaluate mmd", cfg, cfg.seed, pick_device(cfg.device)), out)
-
-
-def ncp_closer_counts(per_group: Sequence[dict]) -> dict[str, dict[str, int]]:
-    """Per bandwidth scale, over groups: MMD^2(q, p_NCP) below MMD^2(q, p) at all ("lower"), by more than two
-    standard errors ("closer"), and above it by more than two ("farther")."""
-    counts: dict[str, dict[str, int]] = {}
-    for group in per_group:
-        for entry in group["scales"]:
-            tally = counts.setdefault(
-                f"{entry['scale']:g}", {"groups": 0, "lower": 0, "closer": 0, "farther": 0}
-            )
-            tally["groups"] += 1
-            tally["lower"] += entry["difference"] > 0
-            tally["closer"] += entry["z_score"] > 2
-            tally["farther"] += entry["z_score"] < -2
-    return counts
 
 
 def evaluate_nll(

@@ -7,7 +7,7 @@ import torch
 from scipy.spatial.distance import cdist, pdist
 
 from ncp.config import ExperimentConfig
-from ncp.evaluate import evaluate_mmd
+from ncp.evaluate import mmd_populations, write_mmd
 from ncp.metrics.mmd import flatten_latents, latent_mmd, median_bandwidth, mmd2_unbiased, relative_mmd
 from ncp.runtime import read_json
 
@@ -188,9 +188,11 @@ def test_evaluate_mmd_writes_errors_and_the_per_scale_tally(tmp_path):
     cfg = ExperimentConfig.from_params(
         {"evaluate": {"mmd": {"num_samples": 300, "num_q": 600, "bandwidth_scales": [1.0, 0.5]}}}
     )
-    evaluate_mmd(cfg, latents, samples, tmp_path / "mmd.json")
+    q_latents = [torch.load(path)["z_q"][:600] for path in latents]  # `evaluate mmd` encodes test images
+    write_mmd(cfg, q_latents, {"q_source": "given"}, mmd_populations(cfg, samples), tmp_path / "mmd.json")
     report = read_json(tmp_path / "mmd.json")
     assert report["num_samples"] == 300 and report["num_q"] == 600 and report["ncp_method"] == "sir"
+    assert report["q_source"] == "given" and report["provenance"]["job"] == "evaluate mmd"
     for group in report["per_group"]:
         assert group["num_q"] == 600 and group["num_p"] == group["num_ncp"] == 300
         headline = group["scales"][0]
@@ -204,13 +206,12 @@ def test_evaluate_mmd_writes_errors_and_the_per_scale_tally(tmp_path):
 
 
 def test_evaluate_mmd_refuses_fewer_samples_than_asked(tmp_path):
-    latents, samples = _write_latents_and_samples(tmp_path, 100)
+    _, samples = _write_latents_and_samples(tmp_path, 100)
     cfg = ExperimentConfig.from_params({"evaluate": {"mmd": {"num_samples": 300}}})
     with pytest.raises(
         ValueError, match="evaluate.mmd.num_samples is 300 but the sample files hold 100 images"
     ):
-        evaluate_mmd(cfg, latents, samples, tmp_path / "mmd.json")
-    assert not (tmp_path / "mmd.json").exists()
+        mmd_populations(cfg, samples)  # `evaluate mmd` calls it before it encodes or writes anything
 
 
 def test_bad_inputs_raise():

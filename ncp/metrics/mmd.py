@@ -235,3 +235,19 @@ def latent_mmd(
         num_p=len(p),
         num_ncp=len(ncp),
     )
+
+
+def ncp_closer_counts(per_group: Sequence[dict]) -> dict[str, dict[str, int]]:
+    """Per bandwidth scale, over groups: MMD^2(q, p_NCP) below MMD^2(q, p) at all ("lower"), by more than two
+    standard errors ("closer"), and above it by more than two ("farther")."""
+    counts: dict[str, dict[str, int]] = {}
+    for group in per_group:
+        for entry in group["scales"]:
+            tally = counts.setdefault(
+                f"{entry['scale']:g}", {"groups": 0, "lower": 0, "closer": 0, "farther": 0}
+            )
+            tally["groups"] += 1
+            tally["lower"] += entry["difference"] > 0
+            tally["closer"] += entry["z_score"] > 2
+            tally["farther"] += entry["z_score"] < -2
+    return counts
