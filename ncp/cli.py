@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
 
 from ncp.config import ConfigError, ExperimentConfig, load_params_files, resolve_params
@@ -22,6 +24,13 @@ def _add_params(parser: argparse.ArgumentParser) -> None:
         "--params", nargs="+", type=Path, default=None, help="params YAML files, later overlaying earlier"
     )
     group.add_argument("--params-json", default=None, help="params as JSON (what Snakemake passes)")
+    parser.add_argument(
+        "--log",
+        type=Path,
+        default=None,
+        help="write all output to this file (what the Snakemake rules do); an error's one-line message "
+        "goes to the terminal as well",
+    )
 
 
 def _config(args: argparse.Namespace) -> ExperimentConfig:
@@ -133,11 +142,44 @@ def main(argv: list[str] | None = None) -> int:
 
         return (export_dvc.main_export if argv[0] == "export-dvc" else sync.main_sync)(argv[1:])
     args = _parser().parse_args(argv)
+    terminal = _redirect_output(args.log) if getattr(args, "log", None) else sys.stderr
     try:
         return _dispatch(args)
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as error:
-        print(f"ncp {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError, OSError) as error:
+        message = f"ncp {args.command}: error: {_one_line(error)}"
+    except Exception as error:  # noqa: BLE001 - a bug: the traceback goes to the log, one line to the user
+        traceback.print_exc()
+        message = (
+            f"ncp {args.command}: error: {type(error).__name__}: {_one_line(error)} (a bug? traceback above)"
+        )
+    print(message, file=sys.stderr, flush=True)
+    if terminal is not sys.stderr:
+        print(message, file=terminal, flush=True)
+    return 2
+
+
+def _redirect_output(log: Path):
+    """Send this process's stdout and stderr (file descriptors 1 and 2, so child processes such as
+    torchrun's too) to ``log``; return a stream to the original stderr, where errors are echoed.
+
+    Why: Snakemake's terminal shows a failed job's shell command, not its log; echoing the error
+    line keeps the problem where the user looks, with the full output still in the log.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    terminal = os.fdopen(os.dup(2), "w")
+    log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    return terminal
+
+
+def _one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line (multi-line messages are joined; the log keeps the rest)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "; ".join(lines) if len(lines) <= 3 else "; ".join(lines[:3]) + " ..."
 
 
 def _dispatch(args: argparse.Namespace) -> int:

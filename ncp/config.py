@@ -71,9 +71,21 @@ def resolve_params(params: dict) -> dict:
     try:
         jsonschema.validate(resolved, schema)
     except jsonschema.ValidationError as error:
-        where = ".".join(str(p) for p in error.absolute_path) or "<top level>"
-        raise ConfigError(f"params: {where}: {error.message}") from None
+        raise ConfigError(_one_line_schema_error(error)) from None
     return resolved
+
+
+def _one_line_schema_error(error: jsonschema.ValidationError) -> str:
+    """The problem and its fix in one line: the key's dotted path, what is wrong, what is allowed."""
+    where = ".".join(str(p) for p in error.absolute_path) or "<top level>"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        return (
+            f"params: {where}: unknown key {', '.join(map(repr, unknown))} (a typo? the keys here are: "
+            f"{', '.join(allowed)})"
+        )
+    return f"params: {where}: {error.message}; fix {where} in the params file (types and ranges: {SCHEMA_PATH.name})"
 
 
 def load_params_files(paths: Iterable[str | Path]) -> dict:
@@ -83,8 +95,13 @@ def load_params_files(paths: Iterable[str | Path]) -> dict:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"params file not found: {path}")
-        with open(path) as handle:
-            content = yaml.safe_load(handle) or {}
+        try:
+            content = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(error, "problem", None) or type(error).__name__
+            raise ConfigError(f"params file {path} is not valid YAML: {problem}{at}") from None
         if not isinstance(content, dict):
             raise ConfigError(f"params file {path} must hold a mapping, not {type(content).__name__}")
         merged = deep_merge(merged, content)

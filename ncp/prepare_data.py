@@ -16,14 +16,22 @@ def run(data: DataConfig, seed: int, train_out: Path, test_out: Path) -> None:
     """Write ``train_out`` and ``test_out`` for the configured dataset."""
     # The "test" output is the split the paper evaluates on (CelebA-64: NVAE's validation split).
     test_split = evaluation_split(data.name)
-    for split, limit, out in (
-        ("train", data.train_limit, train_out),
-        (test_split, data.test_limit, test_out),
-    ):
-        image_set = load_dataset(
-            data.name, root=data.root, split=split, limit=limit, seed=seed, download=data.download
+    # Both splits are read before either is written: a bad test file leaves no train file behind.
+    image_sets = [
+        (
+            load_dataset(
+                data.name, root=data.root, split=split, limit=limit, seed=seed, download=data.download
+            ),
+            out,
         )
+        for split, limit, out in (
+            ("train", data.train_limit, train_out),
+            (test_split, data.test_limit, test_out),
+        )
+    ]
+    for image_set, out in image_sets:
         save_image_set(image_set, out)
         print(
-            f"{data.name}/{split}: {len(image_set.images)} images of shape {tuple(image_set.images.shape[1:])} -> {out}"
+            f"{data.name}/{image_set.split}: {len(image_set.images)} images of shape "
+            f"{tuple(image_set.images.shape[1:])} -> {out}"
         )

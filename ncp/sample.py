@@ -15,13 +15,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-from torchvision.utils import save_image
 
 from ncp.config import SampleConfig
 from ncp.models.base import sample_from_prior
 from ncp.models.registry import load_vae_checkpoint
 from ncp.priors.checkpoints import load_ncp_prior
-from ncp.runtime import atomic_save, pick_device, seed_everything
+from ncp.runtime import atomic_save, atomic_save_image, pick_device, seed_everything
 from ncp.samplers.langevin import LangevinSampler
 from ncp.samplers.sir import SIRSampler
 from ncp.workflow.study import parse_variant
@@ -157,5 +156,4 @@ def run(
         grid = drawn["images"][: sample.grid_size].float() / 255.0
     else:
         grid = qualitative_grid(model, choose, sample).float() / 255.0
-    Path(grid_out).parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid, grid_out, nrow=int(max(1, round(len(grid) ** 0.5))), padding=1)
+    atomic_save_image(grid, grid_out, nrow=int(max(1, round(len(grid) ** 0.5))), padding=1)

@@ -17,7 +17,7 @@ import yaml
 
 from ncp.config import ExperimentConfig
 from ncp.provenance import PROVENANCE_KEY, describe, provenance
-from ncp.runtime import atomic_write_text, read_json, write_json
+from ncp.runtime import atomic_savefig, atomic_write_text, read_json, write_json
 
 
 def paper_results() -> dict:
@@ -262,7 +262,7 @@ def plot_figure5(summary: dict, figures_dir: Path) -> None:
     ax.set_ylabel("final NCE loss L*")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(figures_dir / "fig5_loss.png", dpi=120)
+    atomic_savefig(fig, figures_dir / "fig5_loss.png", dpi=120)
     plt.close(fig)
     with_ess = [g for g in groups if g.get("sir_ess") is not None]
     fig, ax = plt.subplots(figsize=(5, 3))
@@ -272,7 +272,7 @@ def plot_figure5(summary: dict, figures_dir: Path) -> None:
     ax.set_xlabel("final NCE loss L*")
     ax.set_ylabel("SIR effective sample size")
     fig.tight_layout()
-    fig.savefig(figures_dir / "fig5_ess.png", dpi=120)
+    atomic_savefig(fig, figures_dir / "fig5_ess.png", dpi=120)
     plt.close(fig)
     # beside Fig. 5: how much SIR's per-context normaliser Z_k(z_<k) varies; sampling uses the locally
     # normalised prod_k r_k p_k / Z_k, the NLL scores r p / Z with one Z: they agree only where this is ~0
@@ -282,7 +282,7 @@ def plot_figure5(summary: dict, figures_dir: Path) -> None:
     ax.set_xlabel("latent group")
     ax.set_ylabel("std over contexts of log Z_k")
     fig.tight_layout()
-    fig.savefig(figures_dir / "fig5_log_z_k.png", dpi=120)
+    atomic_savefig(fig, figures_dir / "fig5_log_z_k.png", dpi=120)
     plt.close(fig)
 
 

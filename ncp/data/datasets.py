@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ncp.data import readers
+from ncp.runtime import atomic_save
 
 IMAGE_SET_FORMAT_VERSION = 1
 MNIST_PADDING = 2  # 28x28 -> 32x32, NVAE's transforms.Pad(padding=2)
@@ -219,8 +220,6 @@ def limit_image_set(image_set: ImageSet, limit: int | None, seed: int = 0) -> Im
 
 def save_image_set(image_set: ImageSet, path: str | Path) -> None:
     """Write an ImageSet to a .pt file (tensors plus its metadata and a format version)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "format_version": IMAGE_SET_FORMAT_VERSION,
         "images": image_set.images.contiguous(),
@@ -230,7 +229,7 @@ def save_image_set(image_set: ImageSet, path: str | Path) -> None:
         "binary": image_set.binary,
         "padding": image_set.padding,
     }
-    torch.save(record, path)
+    atomic_save(record, path)
 
 
 def load_image_set(path: str | Path) -> ImageSet:

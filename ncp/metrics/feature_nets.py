@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ncp.runtime import atomic_save
+
 CLEAN_FID_INCEPTION_PATH = Path("/tmp/inception-2015-12-05.pt")  # clean-fid's hard-coded cache file
 INCEPTION_SIZE = 299
 INCEPTION_FEATURE_DIM = 2048
@@ -228,15 +230,13 @@ def save_domain_classifier(
     classifier: DomainClassifier, path: str | Path, test_accuracy: float | None = None
 ) -> None:
     """Write the classifier's weights, constructor arguments and (optionally) its test accuracy."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "format_version": DOMAIN_CLASSIFIER_FORMAT_VERSION,
         "config": classifier.config,
         "state_dict": classifier.state_dict(),
         "test_accuracy": test_accuracy,
     }
-    torch.save(record, path)
+    atomic_save(record, path)
 
 
 def load_domain_classifier(path: str | Path, device: str | torch.device = "cpu") -> DomainClassifier:

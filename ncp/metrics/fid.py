@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ncp.runtime import atomic_savez
+
 
 @dataclass
 class FIDResult:
@@ -237,13 +239,11 @@ def fid_between_images(
 
 def save_reference_features(path: str | Path, reference: ReferenceFeatures) -> None:
     """Write reference statistics (mu, sigma, optional feats) and the feature net's name to .npz."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = dict(mu=reference.mu, sigma=reference.sigma, feature_net=np.array(reference.feature_net))
     arrays["num_images"] = np.array(reference.num_images)
     if reference.feats is not None:
         arrays["feats"] = reference.feats
-    np.savez(path, **arrays)
+    atomic_savez(path, **arrays)
 
 
 def load_reference_features(path: str | Path) -> ReferenceFeatures:

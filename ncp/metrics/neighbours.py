@@ -6,18 +6,15 @@ downsampling to 64x64 and centre-cropping to 40x40; a KD-tree over the training 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.neighbors import KDTree
 from torchvision.transforms.v2 import functional as TF
-from torchvision.utils import save_image
 
 from ncp.data import load_image_set
-from ncp.runtime import load_torch
+from ncp.runtime import atomic_save_image, load_torch
 
 
 def _check_images(images: torch.Tensor, what: str) -> None:
@@ -106,16 +103,7 @@ def write_neighbour_figure(
     )
     grid = neighbour_grid(queries, train_images, indices)
 
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_png.parent, prefix=f".{out_png.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        save_image(grid, tmp, nrow=1 + num_neighbours, format="png")
-        os.replace(tmp, out_png)  # a killed job leaves no half-written PNG
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_save_image(grid, out_png, nrow=1 + num_neighbours)  # a killed job leaves no half-written PNG
     return {
         "num_queries": num_queries,
         "num_neighbours": num_neighbours,

@@ -1,10 +1,11 @@
 # Validation, result paths and the per-stage params; no logic beyond what wiring needs.
 import re
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
-from ncp.config import num_latent_groups, resolve_params, stage_params_json
+from ncp.config import ConfigError, num_latent_groups, resolve_params, stage_params_json
 from ncp.workflow.study import (
     sharing_owner,
     study_experiments,
@@ -21,8 +22,13 @@ def _cuda_available():
     return torch.cuda.is_available()
 
 
-validate(config, "../../ncp/params.schema.yaml")
-PARAMS = resolve_params(config)  # the same defaults and checks `ncp <stage>` applies
+try:
+    PARAMS = resolve_params(config)  # the same defaults and checks `ncp <stage>` applies
+except ConfigError as error:
+    # One line where the user looks, naming the params files (Snakemake's own report is ~10 lines).
+    files = " + ".join(["params/default.yaml"] + [str(f) for f in workflow.overwrite_configfiles])
+    sys.exit(f"snakemake: {error} (in {files})")
+validate(config, "../../ncp/params.schema.yaml")  # fills the defaults into `config` too
 MAIN = PARAMS["experiment"]
 # This run and the sub-experiments its paper tables gather (Tables 1, 2 and 7; see ncp/workflow/study.py): every
 # pipeline rule works for any of them through the {experiment} wildcard.

@@ -13,4 +13,4 @@ rule prepare_data:
     params:
         cfg=params_json("prepare-data"),
     shell:
-        "ncp prepare-data --params-json {params.cfg:q} --train-out {output.train} --test-out {output.test} > {log} 2>&1"
+        "ncp prepare-data --params-json {params.cfg:q} --train-out {output.train} --test-out {output.test} --log {log}"

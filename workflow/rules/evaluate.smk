@@ -17,7 +17,7 @@ rule fid_features:
         cfg=params_json("evaluate-features"),
     shell:
         "ncp evaluate features --params-json {params.cfg:q} --train-data {input.train} "
-        "--test-data {input.test} --out {output.features} > {log} 2>&1"
+        "--test-data {input.test} --out {output.features} --log {log}"
 
 
 rule evaluate_fid:
@@ -42,7 +42,7 @@ rule evaluate_fid:
         cfg=params_json("evaluate"),
     shell:
         "ncp evaluate fid --params-json {params.cfg:q} --features {input.features} --samples {input.samples} "
-        "--checkpoint {input.checkpoint} --train-data {input.train} --out {output.metrics} > {log} 2>&1"
+        "--checkpoint {input.checkpoint} --train-data {input.train} --out {output.metrics} --log {log}"
 
 
 rule evaluate_mmd:
@@ -65,7 +65,7 @@ rule evaluate_mmd:
         cfg=params_json("evaluate"),
     shell:
         "ncp evaluate mmd --params-json {params.cfg:q} --checkpoint {input.checkpoint} "
-        "--test-data {input.test} --samples {input.samples} --out {output.metrics} > {log} 2>&1"
+        "--test-data {input.test} --samples {input.samples} --out {output.metrics} --log {log}"
 
 
 rule evaluate_nll:
@@ -90,7 +90,7 @@ rule evaluate_nll:
         cfg=params_json("evaluate"),
     shell:
         "ncp evaluate nll --params-json {params.cfg:q} --checkpoint {input.checkpoint} "
-        "--classifiers {input.classifiers} --test-data {input.test} --out {output.metrics} > {log} 2>&1"
+        "--classifiers {input.classifiers} --test-data {input.test} --out {output.metrics} --log {log}"
 
 
 rule evaluate_fid_setting:
@@ -112,7 +112,7 @@ rule evaluate_fid_setting:
         cfg=params_json("evaluate"),
     shell:
         "ncp evaluate fid --params-json {params.cfg:q} --features {input.features} --samples {input.samples} "
-        "--out {output.metrics} > {log} 2>&1"
+        "--out {output.metrics} --log {log}"
 
 
 rule nearest_neighbours:
@@ -133,4 +133,4 @@ rule nearest_neighbours:
         cfg=params_json("evaluate"),
     shell:
         "ncp evaluate neighbours --params-json {params.cfg:q} --samples {input.samples} --train-data {input.train} "
-        "--out {output.figure} > {log} 2>&1"
+        "--out {output.figure} --log {log}"

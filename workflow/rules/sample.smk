@@ -28,4 +28,4 @@ rule sample:
         images=sweep_sample_count,
     shell:
         "ncp sample --params-json {params.cfg:q} --method {wildcards.method} --checkpoint {input.checkpoint} "
-        "--classifiers {input.classifiers} --out {output.samples} --grid {output.grid} {params.images} > {log} 2>&1"
+        "--classifiers {input.classifiers} --out {output.samples} --grid {output.grid} {params.images} --log {log}"

@@ -20,4 +20,4 @@ rule train_vae:
         work_dir=f"{RESULTS}/work/vae",
     shell:
         "ncp train-vae --params-json {params.cfg:q} --train-data {input.train} "
-        "--out {output.checkpoint} --work-dir {params.work_dir} > {log} 2>&1"
+        "--out {output.checkpoint} --work-dir {params.work_dir} --log {log}"

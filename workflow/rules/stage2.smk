@@ -19,7 +19,7 @@ rule cache_latents:
         files=lambda wildcards, output: [f"{output.latents}/group_{k}.pt" for k in groups(wildcards)],
     shell:
         "ncp cache-latents --params-json {params.cfg:q} --checkpoint {input.checkpoint} "
-        "--train-data {input.train} --out {params.files} > {log} 2>&1"
+        "--train-data {input.train} --out {params.files} --log {log}"
 
 
 rule train_nce:
@@ -44,4 +44,4 @@ rule train_nce:
         latents=lambda wildcards, input: f"{input.latents}/group_{wildcards.group}.pt",
     shell:
         "ncp train-nce --params-json {params.cfg:q} --latents {params.latents} "
-        "--out {output.classifier} --metrics-out {output.metrics} > {log} 2>&1"
+        "--out {output.classifier} --metrics-out {output.metrics} --log {log}"

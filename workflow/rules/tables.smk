@@ -29,7 +29,7 @@ rule tables:
         figures_dir=lambda wildcards, output: Path(output.figure5[0]).parent,
     shell:
         "ncp tables --params-json {params.cfg:q} --metrics-dir {params.metrics_dir} --summary-out {output.summary} "
-        "--tables-dir {params.tables_dir} --figures-dir {params.figures_dir} > {log} 2>&1"
+        "--tables-dir {params.tables_dir} --figures-dir {params.figures_dir} --log {log}"
 
 
 # One rule per paper table, named after it: `snakemake --cores all table8` builds just what Table 8 needs.
@@ -60,4 +60,4 @@ for TABLE in PAPER_TABLE_NAMES:
             table=TABLE,
         shell:
             "ncp paper-table {params.table} --params-json {params.cfg:q} --runs {params.runs} "
-            "--variants {params.variants} --out {output.markdown} > {log} 2>&1"
+            "--variants {params.variants} --out {output.markdown} --log {log}"
