@@ -28,9 +28,28 @@ from ncp import distributed
 from ncp.config import DataConfig, VAEConfig, VAETrainConfig
 from ncp.data import ImageSet, iterate_batches, load_image_set, prepare_batch
 from ncp.models.registry import build_vae, load_vae_checkpoint, save_vae_checkpoint
-from ncp.runtime import atomic_save, load_torch, pick_device, seed_everything
+from ncp.runtime import atomic_save, pick_device, seed_everything
+from ncp.training_state import TrainingState, read_resume_file
 
 RESUME_FILE = "resume.pt"
+# A non-finite loss rolls training back to the last good state with the learning rate times
+# ROLLBACK_LR_FACTOR, at most MAX_ROLLBACKS times in a run; then the job stops with the step named.
+MAX_ROLLBACKS = 3
+ROLLBACK_LR_FACTOR = 0.5
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A NaN or infinite stage-1 loss; the message says which term (and latent group) went first."""
+
+
+def _fault_location(recon: torch.Tensor, kl_per_group: torch.Tensor, regulariser) -> str:
+    """Which term of the loss is not finite: the KL of named groups, the reconstruction, the regulariser."""
+    bad_groups = (~torch.isfinite(kl_per_group)).any(dim=0).nonzero().flatten().tolist()  # (K,) -> ids
+    if bad_groups:
+        return f"in the KL term of latent group {', '.join(map(str, bad_groups))}"
+    if not torch.isfinite(recon).all():
+        return "in the reconstruction term"
+    return "in the spectral/BatchNorm regulariser" if regulariser is not None else "in the loss"
 
 
 def learning_rate(step: int, total_steps: int, warmup_steps: int, lr: float, lr_min: float) -> float:
@@ -106,10 +125,13 @@ def vae_loss(
         kl_term = beta * kl_per_group.sum(dim=1)
     loss = (recon + kl_term).mean()
     stats = {"recon": recon.mean().item(), "kl": kl_per_group.sum(dim=1).mean().item()}
+    regulariser = None
     if is_nvae and train.weight_decay_norm > 0:
         regulariser = core.spectral_loss() + core.batchnorm_loss()
         loss = loss + train.weight_decay_norm * regulariser
         stats["reg"] = regulariser.item()
+    if not torch.isfinite(loss):
+        raise NonFiniteLoss(_fault_location(recon, kl_per_group, regulariser))
     stats["neg_elbo"] = stats["recon"] + stats["kl"]
     return loss, stats
 
@@ -124,10 +146,19 @@ def train_step(
     noise_scale: float = 1.0,
 ) -> dict:
     """One optimiser step on batch ``x`` (gradients averaged over processes under DDP); returns the loss stats."""
-    loss, stats = vae_loss(model, x, beta, train, is_nvae, noise_scale)
+    fault = None
+    try:
+        loss, stats = vae_loss(model, x, beta, train, is_nvae, noise_scale)
+    except NonFiniteLoss as error:
+        fault = error
+    if distributed.is_distributed():  # all processes roll back together, or none does (no hung all-reduce)
+        flag = torch.tensor([float(fault is not None)], device=x.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() > 0 and fault is None:
+            fault = NonFiniteLoss("on another process")
+    if fault is not None:
+        raise fault
     optimizer.zero_grad(set_to_none=True)
-    if not torch.isfinite(loss):
-        raise FloatingPointError("non-finite stage-1 loss: lower vae.train.lr or raise weight_decay_norm")
     loss.backward()
     if train.grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
@@ -141,15 +172,19 @@ def epoch_batches(
     generator: torch.Generator,
     process_rank: int = 0,
     num_processes: int = 1,
+    order: torch.Tensor | None = None,
+    start: int = 0,
 ) -> Iterator[torch.Tensor]:
-    """One epoch of this process's float batches (batch_size, C, H, W).
+    """One epoch of this process's float batches (batch_size, C, H, W), from step ``start`` of the
+    epoch's shuffled ``order`` (drawn from ``generator`` when not given; a resumed epoch passes its own).
 
     Every process shuffles with the same generator state and draws the binarisation of the whole
     global batch before taking its slot, so the generators stay in step and N processes see exactly
     the data one process with an N times larger batch would (on one process: iterate_batches).
     """
-    order = torch.randperm(len(train_set.images), generator=generator)
-    for step_indices in distributed.split_batch_order(order, batch_size, num_processes):  # (P, B) per step
+    if order is None:
+        order = torch.randperm(len(train_set.images), generator=generator)
+    for step_indices in distributed.split_batch_order(order, batch_size, num_processes)[start:]:  # (P, B)
         global_batch = prepare_batch(train_set.images[step_indices.flatten()], train_set.binary, generator)
         yield global_batch[process_rank * batch_size : (process_rank + 1) * batch_size]
 
@@ -249,35 +284,55 @@ def _train(
     total_steps = vae.train.epochs * steps_per_epoch
     warmup_steps = int(vae.train.warmup_epochs * steps_per_epoch)
 
-    step, history = 0, []
+    # What a resume file must match to be used: anything else trains from scratch.
+    settings = {
+        "arch_args": arch_args,
+        "train": dataclasses.asdict(vae.train),
+        "seed": seed,
+        "num_images": len(train_set.images),
+        "num_processes": num_processes,
+    }
+    run_state = TrainingState(model=model, optimizer=optimizer, generator=generator)
     resume_path = work_dir / RESUME_FILE
-    if resume_path.is_file():  # every process reads what rank 0 wrote
-        state = load_torch(resume_path)
-        if (
-            state["arch_args"] == arch_args
-            and state["total_steps"] == total_steps
-            and state.get("num_processes", 1) == num_processes
-        ):
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            generator.set_state(state["generator"])
-            step, history = state["step"], state["history"]
-            if is_main:
-                print(f"resuming stage-1 training at step {step}/{total_steps} from {resume_path}")
+    saved = read_resume_file(resume_path, settings) if resume_path.is_file() else None
+    if saved is not None:  # every process reads what rank 0 wrote
+        # The global random states are rank 0's: the others re-seed (exact resume is single-process).
+        run_state.restore(saved, restore_global_rng=num_processes == 1)
+        if num_processes > 1:
+            torch.manual_seed(seed + process_rank + 1000 * run_state.step)
+        if is_main:
+            print(f"resuming stage-1 training at step {run_state.step}/{total_steps} from {resume_path}")
     network = distributed.wrap_model(
         model, torch_device
     )  # DDP when distributed: forward + backward go through it
 
     model.train()
     started = time.time()
-    progress = tqdm(total=total_steps, initial=step, desc="train-vae", mininterval=2.0, disable=not is_main)
-    while step < total_steps:
-        # Each epoch is a fresh shuffle (and fresh binarisation) from the saved generator state.
-        for x in epoch_batches(train_set, vae.train.batch_size, generator, process_rank, num_processes):
-            if step >= total_steps:
+    last_good = run_state.snapshot()  # in memory: where a non-finite loss rolls back to
+    progress = tqdm(
+        total=total_steps, initial=run_state.step, desc="train-vae", mininterval=2.0, disable=not is_main
+    )
+    while run_state.step < total_steps:
+        if run_state.epoch_order is None:  # a fresh shuffle (and binarisations) from the generator
+            run_state.epoch_order = torch.randperm(len(train_set.images), generator=generator)
+            run_state.epoch_position = 0
+        batches = epoch_batches(
+            train_set,
+            vae.train.batch_size,
+            generator,
+            process_rank,
+            num_processes,
+            order=run_state.epoch_order,
+            start=run_state.epoch_position,
+        )
+        for x in batches:
+            if run_state.step >= total_steps:
                 break
+            step = run_state.step
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, total_steps, warmup_steps, vae.train.lr, vae.train.lr_min)
+                group["lr"] = run_state.lr_scale * learning_rate(
+                    step, total_steps, warmup_steps, vae.train.lr, vae.train.lr_min
+                )
             beta = kl_weight(
                 step,
                 total_steps,
@@ -285,27 +340,27 @@ def _train(
                 vae.train.kl_const_portion,
                 vae.train.kl_const_coeff,
             )
-            stats = train_step(network, optimizer, x.to(torch_device), beta, vae.train, vae.arch == "nvae")
-            step += 1
-            progress.update(1)
-            if step % 20 == 0 or step == total_steps:
-                stats = distributed.mean_over_processes(stats, torch_device)  # every process, same steps
-                history.append({"step": step, "beta": beta, **stats})
-                progress.set_postfix(neg_elbo=f"{stats['neg_elbo']:.1f}", kl=f"{stats['kl']:.1f}")
-            if is_main and step % vae.train.checkpoint_every == 0 and step < total_steps:
-                atomic_save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "generator": generator.get_state(),
-                        "step": step,
-                        "history": history,
-                        "arch_args": arch_args,
-                        "total_steps": total_steps,
-                        "num_processes": num_processes,
-                    },
-                    resume_path,
+            try:
+                stats = train_step(
+                    network, optimizer, x.to(torch_device), beta, vae.train, vae.arch == "nvae"
                 )
+            except NonFiniteLoss as fault:
+                roll_back_after_fault(run_state, last_good, fault, step)
+                progress.n = run_state.step
+                break  # restart the (restored) epoch from its saved position
+            run_state.step += 1
+            run_state.epoch_position += 1
+            progress.update(1)
+            if run_state.step % 20 == 0 or run_state.step == total_steps:
+                stats = distributed.mean_over_processes(stats, torch_device)  # every process, same steps
+                run_state.history.append({"step": run_state.step, "beta": beta, **stats})
+                progress.set_postfix(neg_elbo=f"{stats['neg_elbo']:.1f}", kl=f"{stats['kl']:.1f}")
+            if run_state.step % vae.train.checkpoint_every == 0 and run_state.step < total_steps:
+                last_good = run_state.snapshot()
+                if is_main:
+                    atomic_save({**last_good, "settings": settings}, resume_path)
+        else:
+            run_state.epoch_order = None  # the epoch ran to its end
     progress.close()
     model.eval()
     if is_main:
@@ -317,15 +372,36 @@ def _train(
             arch_args,
             out,
             training={
-                "steps": step,
+                "steps": run_state.step,
+                "rollbacks": run_state.rollbacks,
+                "lr_scale": run_state.lr_scale,
                 "seconds": time.time() - started,
-                "history": history,
+                "history": run_state.history,
                 "num_processes": num_processes,
             },
         )
         if resume_path.exists():
             resume_path.unlink()
     distributed.barrier()  # the other processes wait until the checkpoint is written
+
+
+def roll_back_after_fault(state: TrainingState, last_good: dict, fault: NonFiniteLoss, step: int) -> None:
+    """After a non-finite loss at ``step``: back to the last good state with a lower learning rate, or,
+    after MAX_ROLLBACKS roll-backs, stop with one line naming the step and the term (and group)."""
+    tries = state.rollbacks + 1
+    if tries > MAX_ROLLBACKS:
+        raise RuntimeError(
+            f"stage-1 loss is not finite at step {step} {fault} after {MAX_ROLLBACKS} roll-backs with the "
+            f"learning rate down to x{state.lr_scale:g}: lower vae.train.lr, set vae.train.grad_clip or "
+            "raise vae.train.weight_decay_norm"
+        )
+    lr_scale = state.lr_scale * ROLLBACK_LR_FACTOR
+    state.restore(last_good)
+    state.rollbacks, state.lr_scale = tries, lr_scale
+    print(
+        f"non-finite stage-1 loss at step {step} {fault}: rolled back to step {state.step} with the "
+        f"learning rate x{lr_scale:g} (roll-back {tries} of {MAX_ROLLBACKS})"
+    )
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ def test_defaults_come_from_the_schema():
 @pytest.mark.parametrize(
     "params, needle",
     [
-        ({"bogus": 1}, "'bogus' was unexpected"),
+        ({"bogus": 1}, "unknown key 'bogus'"),
         ({"nce": {"epochs": -1}}, "nce.epochs"),
         ({"nce": {"epochs": "ten"}}, "nce.epochs"),
         ({"sample": {"methods": ["mcmc"]}}, "sample.methods.0"),

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ncp.runtime import atomic_save, load_torch
+from ncp.runtime import atomic_save, load_state_dict_strictly, load_torch
 
 CHECKPOINT_FORMAT = "ncp-vae/1"
 ARCHES = ("nvae", "mlp", "conv")
@@ -59,11 +59,16 @@ def load_vae_checkpoint(path: str | Path, device: torch.device | str = "cpu") ->
         raise ValueError(
             f"{path} is not an ncp-vae checkpoint (an official NVAE file? convert it with `ncp import-nvae`)"
         )
-    model = build_vae(checkpoint["arch"], checkpoint["arch_args"])
+    try:
+        model = build_vae(checkpoint["arch"], checkpoint["arch_args"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"{path}: cannot rebuild its model ({type(error).__name__}: {error}); the file is damaged"
+        ) from None
     prior_spec = checkpoint.get("base_prior", {"kind": "gaussian"})
     if prior_spec.get("kind", "gaussian") != "gaussian":
         model.install_base_prior(prior_spec)
-    model.load_state_dict(checkpoint["state_dict"], strict=True)
+    load_state_dict_strictly(model, checkpoint.get("state_dict"), path)
     model.to(device).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
