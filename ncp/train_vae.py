@@ -112,7 +112,12 @@ def vae_loss(
     synchronises gradients), everything else acts on the model inside it.
     """
     core = distributed.unwrap(model)
-    output = model(x, noise_scale=noise_scale)
+    try:
+        output = model(x, noise_scale=noise_scale)
+    except ValueError as error:  # torch.distributions refuses NaN parameters before any loss exists
+        if "invalid values" not in str(error):
+            raise
+        raise NonFiniteLoss("in the forward pass (a distribution got NaN parameters)") from None
     recon = -core.log_px(output.logits, x)  # (B,)
     kl_per_group = output.kl  # (B, K)
     if is_nvae and train.kl_balance and beta < 1.0 and kl_per_group.shape[1] > 1:
