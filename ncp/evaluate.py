@@ -101,6 +101,7 @@ def compute_reference(cfg: ExperimentConfig, train_data: Path, test_data: Path, 
     )
     feature_net = _feature_net(fid.fid_features, out, device)
     reference = reference_from_features(compute_features(reference_images, feature_net), feature_net.name)
+    reference.dataset = cfg.data.name  # checked by `evaluate fid`: FIDs against another dataset mean nothing
     save_reference_features(out, reference)
 
 
@@ -128,8 +129,13 @@ def evaluate_fid(
     device = pick_device(cfg.device)
     seed_everything(cfg.seed + 13)
     kind = cfg.evaluate.fid_features
-    feature_net = _feature_net(kind, reference_path, device)
     reference = load_reference_features(reference_path)
+    if reference.dataset not in (None, cfg.data.name):
+        raise ValueError(
+            f"{reference_path} holds reference features of {reference.dataset}, but this run's data.name is "
+            f"{cfg.data.name}: rerun `ncp evaluate features` on this run's training data"
+        )
+    feature_net = _feature_net(kind, reference_path, device)
     # the paper reports no spread; ours resamples both sides, and KID's comes from its subsets
     spread_settings = {"num_bootstrap": cfg.evaluate.fid_bootstrap, "kid_subsets": cfg.evaluate.kid_subsets}
     methods, sampling = {}, {}

@@ -115,6 +115,12 @@ def run(
     torch_device = pick_device(device)
     seed_everything(seed + 7)
     model = load_vae_checkpoint(checkpoint, torch_device)
+    num_groups = len(model.group_shapes())
+    if sampler != "base" and len(classifier_files) != num_groups:
+        raise ValueError(
+            f"{len(classifier_files)} classifier files for a VAE with {num_groups} latent groups: pass one per "
+            f"group, in order (nce/group_0.pt ... group_{num_groups - 1}.pt)"
+        )
     ncp_prior = load_ncp_prior(classifier_files, torch_device) if sampler != "base" else None
     choose = make_group_sampler(sampler, ncp_prior, sample)
     small_batches = time_small_batches(model, choose, torch_device)

@@ -278,6 +278,7 @@ def _train(
         # Own reparameterisation noise per process (NVAE reuses one seed); weights are equal already.
         torch.manual_seed(seed + process_rank)
     model = model.to(torch_device)
+    _check_images_fit(model, train_set, vae.arch, torch_device)
     optimizer = _optimizer(model, vae.train)
     global_batch = vae.train.batch_size * num_processes
     if len(train_set.images) < global_batch:  # drop_last would give no batch at all
@@ -388,6 +389,25 @@ def _train(
         if resume_path.exists():
             resume_path.unlink()
     distributed.barrier()  # the other processes wait until the checkpoint is written
+
+
+def _check_images_fit(model, train_set: ImageSet, arch: str, device: torch.device) -> None:
+    """One forward pass on two images, so data of the wrong size or channel count fail at once with one
+    line (not deep inside a convolution); random states are left as they were."""
+    shape = tuple(train_set.images.shape[1:])
+    gpus = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpus), torch.no_grad():
+        model.eval()
+        try:
+            model(prepare_batch(train_set.images[:2], train_set.binary).to(device))
+        except (RuntimeError, ValueError) as error:
+            reason = str(error).splitlines()[0][:160]
+            raise ValueError(
+                f"training images of shape {shape} do not fit the {arch} VAE of the params ({reason}): "
+                f"set vae.{arch} (or data.name) to match the data"
+            ) from None
+        finally:
+            model.train()
 
 
 def roll_back_after_fault(state: TrainingState, last_good: dict, fault: NonFiniteLoss, step: int) -> None:

@@ -45,11 +45,14 @@ def read_idx(path: str | Path) -> np.ndarray:
     else:
         raise ValueError(
             f"{path}: magic number {magic} is neither {IDX_IMAGES_MAGIC} (images) "
-            f"nor {IDX_LABELS_MAGIC} (labels)"
+            f"nor {IDX_LABELS_MAGIC} (labels): not an MNIST-format idx file; replace it with one"
         )
     expected = int(np.prod(shape))
     if len(data) - offset != expected:
-        raise ValueError(f"{path}: header says {expected} bytes of data, file holds {len(data) - offset}")
+        raise ValueError(
+            f"{path}: header says {expected} bytes of data, file holds {len(data) - offset}: the file is "
+            "truncated or damaged; copy or download it again"
+        )
     values = np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
     return values.copy() if magic == IDX_IMAGES_MAGIC else values.astype(np.int64)
 
@@ -67,6 +70,10 @@ def read_idx_split(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray
     if split not in IDX_PREFIX:
         raise ValueError(f"idx split must be one of {sorted(IDX_PREFIX)}, got {split!r}")
     root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"data folder {root} does not exist: set data.root to the folder of the idx files"
+        )
     prefix = IDX_PREFIX[split]
     images_path = find_file_or_gz(root, f"{prefix}-images-idx3-ubyte")
     if images_path is None:
@@ -85,6 +92,26 @@ def read_idx_split(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray
 def _md5(path: Path) -> str:
     """Hex md5 of a file."""
     return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """An unpickler that builds only NumPy arrays and plain containers: the official CIFAR-10 batches
+    need no more, and a planted file cannot call anything (pickle.load would run any callable)."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(
+                f"refused to unpickle {module}.{name}: a CIFAR-10 batch holds only arrays"
+            )
+        return super().find_class(module, name)
 
 
 def read_cifar10(root: str | Path, split: str, verify_md5: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +136,12 @@ def read_cifar10(root: str | Path, split: str, verify_md5: bool = True) -> tuple
                 "to read it anyway)"
             )
         with open(folder / name, "rb") as handle:
-            batch = pickle.load(handle, encoding="latin1")  # the official files are python-2 pickles
+            try:
+                batch = _ArraysOnlyUnpickler(handle, encoding="latin1").load()  # python-2 pickles
+            except (pickle.UnpicklingError, EOFError, ValueError) as error:
+                raise ValueError(
+                    f"{folder / name} is not a CIFAR-10 batch ({error}); download it again"
+                ) from None
         images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))  # (n, 3, 32, 32)
         labels.append(np.asarray(batch["labels"], dtype=np.int64))
     return np.concatenate(images), np.concatenate(labels)

@@ -53,6 +53,7 @@ class ReferenceFeatures:
     feature_net: str
     num_images: int
     feats: np.ndarray | None = None  # (N, D), kept for KID
+    dataset: str | None = None  # the params' data.name the reference images came from (None: not recorded)
 
 
 def float_to_uint8(images: Tensor) -> Tensor:
@@ -241,6 +242,8 @@ def save_reference_features(path: str | Path, reference: ReferenceFeatures) -> N
     """Write reference statistics (mu, sigma, optional feats) and the feature net's name to .npz."""
     arrays = dict(mu=reference.mu, sigma=reference.sigma, feature_net=np.array(reference.feature_net))
     arrays["num_images"] = np.array(reference.num_images)
+    if reference.dataset is not None:
+        arrays["dataset"] = np.array(reference.dataset)
     if reference.feats is not None:
         arrays["feats"] = reference.feats
     atomic_savez(path, **arrays)
@@ -250,6 +253,12 @@ def load_reference_features(path: str | Path) -> ReferenceFeatures:
     """Read reference statistics written by :func:`save_reference_features`."""
     with np.load(Path(path), allow_pickle=False) as stored:
         feats = stored["feats"] if "feats" in stored.files else None
+        dataset = str(stored["dataset"]) if "dataset" in stored.files else None
         return ReferenceFeatures(
-            stored["mu"], stored["sigma"], str(stored["feature_net"]), int(stored["num_images"]), feats
+            stored["mu"],
+            stored["sigma"],
+            str(stored["feature_net"]),
+            int(stored["num_images"]),
+            feats,
+            dataset,
         )
