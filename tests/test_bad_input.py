@@ -3,8 +3,8 @@ no output. Each case calls `ncp <stage>` as the Snakemake rule does (the rules p
 the tests at the end show through `snakemake` itself that the line reaches the terminal."""
 
 import argparse
+import ast
 import os
-import re
 import struct
 import subprocess
 from pathlib import Path
@@ -439,12 +439,17 @@ def test_a_params_file_that_is_not_yaml_is_named_by_snakemake(tmp_path):
 
 def test_no_cli_entry_point_uses_an_unsafe_yaml_loader_or_eval():
     # yaml.load without SafeLoader builds arbitrary objects; eval/exec would run params text as code.
-    unsafe = re.compile(
-        r"yaml\.(load|unsafe_load|full_load)\(|(?<![\w.])(eval|exec)\(|shell=True|os\.system\("
-    )
-    offenders = [
-        f"{path.relative_to(REPO)}: {match.group(0)}"
-        for path in (REPO / "ncp").rglob("*.py")
-        for match in unsafe.finditer(path.read_text())
-    ]
+    unsafe_calls = {"eval", "exec", "load", "unsafe_load", "full_load", "system", "popen"}
+    offenders = []
+    for path in (REPO / "ncp").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            owner = getattr(getattr(node.func, "value", None), "id", "")
+            bare = isinstance(node.func, ast.Name) and name in ("eval", "exec")
+            module_call = owner in ("yaml", "os", "pickle") and name in unsafe_calls
+            shell = any(keyword.arg == "shell" for keyword in node.keywords)
+            if bare or module_call or shell:
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node.func)}")
     assert offenders == []
