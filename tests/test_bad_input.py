@@ -403,11 +403,13 @@ def test_a_failed_jobs_error_line_reaches_the_snakemake_terminal_and_no_output_s
     _idx(root / "train-images-idx3-ubyte", magic=-993366888)
     _idx(root / "t10k-images-idx3-ubyte")
     (tmp_path / "idx.yaml").write_text(yaml.safe_dump({"experiment": "idx", "data": {"name": "idx", "root": str(root), "download": False}, "paper": {"tables": [], "experiments": {}, "table8": {}}}))  # fmt: skip
-    result = _snakemake(tmp_path, "--configfile", "idx.yaml", "results/idx/data/train.pt")
+    result = _snakemake(tmp_path, "results/idx/data/train.pt", "--configfile", "idx.yaml")
     assert result.returncode != 0
     shown = [line for line in result.stderr.splitlines() if line.startswith("ncp prepare-data: error:")]
     assert len(shown) == 1, result.stderr[-3000:]
     assert "magic number -993366888" in shown[0] and "not an MNIST-format idx file" in shown[0]
+    # and again below Snakemake's report (the Snakefile's onerror handler), with the job's log file
+    assert result.stderr.splitlines().count(f"results/idx/logs/prepare_data.log: {shown[0]}") == 1
     assert not (tmp_path / "results/idx/data/train.pt").exists()
     assert "magic number" in (tmp_path / "results/idx/logs/prepare_data.log").read_text()  # and in the log
 
@@ -418,7 +420,7 @@ def test_a_params_value_with_shell_syntax_reaches_the_stage_verbatim_and_runs_no
     pwned = tmp_path / "pwned"
     root = f"$(touch {pwned}) \"quoted\" 'single' `touch {pwned}` ; touch {pwned}"
     (tmp_path / "evil.yaml").write_text(yaml.safe_dump({"experiment": "evil", "data": {"name": "idx", "root": root, "download": False}, "paper": {"tables": [], "experiments": {}, "table8": {}}}))  # fmt: skip
-    result = _snakemake(tmp_path, "--configfile", "evil.yaml", "results/evil/data/train.pt")
+    result = _snakemake(tmp_path, "results/evil/data/train.pt", "--configfile", "evil.yaml")
     assert result.returncode != 0
     assert f"data folder {root} does not exist" in result.stderr
     assert not pwned.exists()
