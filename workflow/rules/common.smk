@@ -98,7 +98,7 @@ STAGE_CODE = {
     "prepare-data": _SHARED_CODE + ["ncp/prepare_data.py", "ncp/data/datasets.py"],
     "train-vae": _SHARED_CODE
     + _MODEL_CODE
-    + ["ncp/train_vae.py", "ncp/data/datasets.py", "ncp/priors/gmm.py"],
+    + ["ncp/train_vae.py", "ncp/training_state.py", "ncp/data/datasets.py", "ncp/priors/gmm.py"],
     "cache-latents": _SHARED_CODE + _MODEL_CODE + ["ncp/cache_latents.py", "ncp/data/datasets.py"],
     "train-nce": _SHARED_CODE + _PRIOR_CODE + ["ncp/train_nce.py", "ncp/priors/nce.py"],
     "sample": _SHARED_CODE
