@@ -70,11 +70,12 @@ def read_idx_split(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray
     if split not in IDX_PREFIX:
         raise ValueError(f"idx split must be one of {sorted(IDX_PREFIX)}, got {split!r}")
     root = Path(root)
+    prefix = IDX_PREFIX[split]
     if not root.is_dir():
         raise FileNotFoundError(
-            f"data folder {root} does not exist: set data.root to the folder of the idx files"
+            f"data folder {root} does not exist: set data.root to the folder of the idx files "
+            f"({prefix}-images-idx3-ubyte[.gz], ...)"
         )
-    prefix = IDX_PREFIX[split]
     images_path = find_file_or_gz(root, f"{prefix}-images-idx3-ubyte")
     if images_path is None:
         raise FileNotFoundError(
