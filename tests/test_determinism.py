@@ -33,7 +33,7 @@ def _micro_summary(folder: Path) -> dict:
     copy_workflow(folder)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     result = subprocess.run(
-        ["snakemake", "--cores", "2", "--configfile", "params/test/micro.yaml", "results/micro/metrics/summary.json"],
+        ["snakemake", "--cores", "2", "results/micro/metrics/summary.json", "--configfile", "params/test/micro.yaml"],
         cwd=folder, capture_output=True, text=True, timeout=1800, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
