@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -140,7 +141,10 @@ def test_a_persistent_nan_loss_stops_after_bounded_roll_backs_naming_the_step(tm
         _train_in_process(tmp_path, _mlp_params(tmp_path), set(range(3, 100)), monkeypatch)
     message = str(stopped.value)
     assert "\n" not in message
-    assert "not finite at step 2 in the forward pass (a distribution got NaN parameters) after 3 roll-backs" in message
+    assert (
+        "not finite at step 2 in the forward pass (a distribution got NaN parameters) after 3 roll-backs"
+        in message
+    )
     assert "lower vae.train.lr" in message
     assert not (tmp_path / "vae.pt").exists()  # no checkpoint from a failed run
 
@@ -154,3 +158,22 @@ def test_a_non_finite_kl_names_its_latent_group():
         "in the reconstruction term"
     )
     assert issubclass(NonFiniteLoss, FloatingPointError)
+
+
+class _KLBlowsUp(torch.nn.Module):
+    """A stand-in backbone whose KL of latent group 1 is infinite (what a diverging NVAE group gives)."""
+
+    def forward(self, x, noise_scale=1.0):
+        kl = torch.ones(len(x), 3)
+        kl[:, 1] = float("inf")
+        return SimpleNamespace(logits=torch.zeros_like(x), kl=kl)
+
+    def log_px(self, logits, x):
+        return torch.zeros(len(x))
+
+
+def test_a_non_finite_loss_is_caught_before_the_optimiser_step_naming_the_group():
+    cfg = ExperimentConfig.from_params(load_params_files(MICRO))
+    model = _KLBlowsUp()
+    with pytest.raises(NonFiniteLoss, match="in the KL term of latent group 1"):
+        train_vae.vae_loss(model, torch.zeros(2, 1, 4, 4), 1.0, cfg.vae.train, is_nvae=False)
