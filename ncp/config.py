@@ -170,6 +170,7 @@ class CacheConfig:
     passes: int
     batch_size: int
     dtype: str
+    shard_mb: float
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,9 @@ class NCEConfig:
     lr: float
     weight_decay: float
     val_fraction: float
+    test_fraction: float
+    buffer_shards: int
+    checkpoint_every: int
 
 
 @dataclass(frozen=True)

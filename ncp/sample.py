@@ -116,7 +116,7 @@ def run(
     torch_device = pick_device(device)
     seed_everything(seed + 7)
     model = load_vae_checkpoint(checkpoint, torch_device)
-    ncp_prior = load_ncp_prior(classifier_files, torch_device) if sampler != "base" else None
+    ncp_prior = load_ncp_prior(classifier_files, torch_device, checkpoint) if sampler != "base" else None
     choose = make_group_sampler(sampler, ncp_prior, sample)
     small_batches = time_small_batches(model, choose, torch_device)
     seed_everything(seed + 7)  # the timing draws must not change the samples
