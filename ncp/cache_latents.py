@@ -7,7 +7,8 @@ One pass (or ``passes``) over the training images with the frozen VAE stores, fo
 and the index of the image each row came from (so NCE can hold out whole images). Each group goes to
 its own folder of fixed-size shards (`ncp.priors.latent_cache`), written as the batches come: memory
 holds one shard per group whatever the number of pairs, and the K classifier jobs each read only their
-own folder.
+own folder. With ``cache.mode: stream`` only z_q is kept (the q sample of Table 9's MMD): each NCE job
+then draws its pairs from the VAE itself (`ncp.priors.latent_stream`).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def run(
     fingerprint = vae_fingerprint(checkpoint)
     dtype = getattr(torch, cache.dtype)
     writers = [
-        GroupCacheWriter(path, k, cache.shard_mb, dtype, fingerprint) for k, path in enumerate(out_dirs)
+        GroupCacheWriter(path, k, cache.shard_mb, dtype, fingerprint, cache.mode)
+        for k, path in enumerate(out_dirs)
     ]
     total = cache.passes * -(-num_images // cache.batch_size)
     write_group_caches(model, tqdm(batches(), total=total, desc="cache-latents"), writers)

@@ -73,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--metrics-out", type=Path, required=True)
     p.add_argument("--work-dir", type=Path, default=None, help="resume state (not a declared output)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="the VAE (needed by cache.mode stream)")
+    p.add_argument(
+        "--train-data", type=Path, default=None, help="training images (needed by cache.mode stream)"
+    )
 
     p = commands.add_parser("sample", help="stage 3: images from the base prior or the NCP prior")
     _add_params(p)
@@ -166,7 +170,17 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif command == "train-nce":
         from ncp import train_nce
 
-        train_nce.run(cfg.nce, cfg.seed, cfg.device, args.latents, args.out, args.metrics_out, args.work_dir)
+        train_nce.run(
+            cfg.nce,
+            cfg.seed,
+            cfg.device,
+            args.latents,
+            args.out,
+            args.metrics_out,
+            args.work_dir,
+            args.checkpoint,
+            args.train_data,
+        )
     elif command == "sample":
         from ncp import sample
 

@@ -171,6 +171,7 @@ class CacheConfig:
     batch_size: int
     dtype: str
     shard_mb: float
+    mode: str  # "shards": pairs cached on disk; "stream": NCE jobs draw pairs from the VAE
 
 
 @dataclass(frozen=True)

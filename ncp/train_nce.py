@@ -3,7 +3,8 @@
 D_k(z_k, c(z_<k)) tells samples of q(z_k | z_<k) (label 1) from samples of p(z_k | z_<k) (label 0)
 drawn with the same z_<k; its logit is log r_k. Groups are independent jobs. The group's cached pairs
 are read from its shard folder through a bounded shuffle buffer; the training state is saved in the
-job's work folder, so a killed job resumes where it stopped.
+job's work folder, so a killed job resumes where it stopped. With ``cache.mode: stream`` the pairs are
+drawn by the frozen VAE instead (`ncp.priors.latent_stream`).
 """
 
 from __future__ import annotations
@@ -14,10 +15,24 @@ from datetime import datetime
 from pathlib import Path
 
 from ncp.config import NCEConfig
-from ncp.priors.checkpoints import save_classifier
-from ncp.priors.latent_cache import ShardedPairs, split_images
+from ncp.priors.checkpoints import save_classifier, vae_fingerprint
+from ncp.priors.latent_cache import PairSource, ShardedPairs, read_index, split_images
+from ncp.priors.latent_stream import StreamedPairs
 from ncp.priors.nce import NCEDiagnostics, train_on_pairs
 from ncp.runtime import pick_device, seed_everything, write_json
+
+
+def _pair_source(index: dict, folder: Path, nce: NCEConfig, device, checkpoint, train_data) -> PairSource:
+    """The shard reader, or (``cache.mode: stream``) the VAE that draws the pairs."""
+    if index["mode"] == "shards":
+        return ShardedPairs(folder, buffer_shards=nce.buffer_shards)
+    if checkpoint is None or train_data is None:
+        raise ValueError(
+            f"{folder} is a stream-mode cache: `ncp train-nce` needs --checkpoint and --train-data"
+        )
+    if vae_fingerprint(checkpoint) != index["vae_fingerprint"]:
+        raise ValueError(f"{checkpoint} is not the VAE that wrote {folder}: rerun `ncp cache-latents`")
+    return StreamedPairs(checkpoint, train_data, int(index["group"]), index["vae_fingerprint"], device)
 
 
 def run(
@@ -28,13 +43,16 @@ def run(
     out: Path,
     metrics_out: Path,
     work_dir: Path | None = None,
+    checkpoint: Path | None = None,
+    train_data: Path | None = None,
 ) -> None:
-    """Train D_k on one group's cached pairs; write the classifier and its diagnostics."""
+    """Train D_k on one group's pairs (cached, or drawn by the VAE); write the classifier and diagnostics."""
     print(f"train-nce started at {datetime.now().isoformat()}", flush=True)
-    source = ShardedPairs(group_latents, buffer_shards=nce.buffer_shards)
-    group = source.group
+    index = read_index(group_latents)
+    group = int(index["group"])
     seed_everything(seed + 1000 * (group + 1))
     torch_device = pick_device(device)
+    source = _pair_source(index, group_latents, nce, torch_device, checkpoint, train_data)
     classifier, history = train_on_pairs(
         source,
         hidden=nce.hidden,

@@ -59,7 +59,12 @@ def test_shard_cache_yields_exactly_the_written_pairs_in_a_seeded_order(tmp_path
     image = torch.arange(n) % 250  # 4 passes over 250 images
     write_cache(tmp_path / "g", z_q, z_p, context, image, shard_mb=0.004)  # 4,194 bytes: 37 rows of 112
     source = ShardedPairs(tmp_path / "g", buffer_shards=3)
-    assert source.index["shard_rows"] == 37 and len(source.index["shards"]) == 28 and source.num_pairs == n and source.num_images == 250
+    assert (
+        source.index["shard_rows"] == 37
+        and len(source.index["shards"]) == 28
+        and source.num_pairs == n
+        and source.num_images == 250
+    )
     everything = torch.ones(250, dtype=torch.bool)
 
     def epoch(e):
@@ -315,3 +320,76 @@ def test_classifier_files_refuse_another_group_another_vae_and_an_old_format(tmp
     )
     with pytest.raises(ValueError, match="not an NCE classifier file of format 'ncp-nce-classifier' v2"):
         load_classifier(tmp_path / "old.pt", group=0)
+
+
+@pytest.fixture(scope="module")
+def micro_vae(tmp_path_factory):
+    """An (untrained) NVAE of the micro params, saved as stage 1 would, and 96 binarised training images."""
+    from ncp.config import ExperimentConfig, load_params_files
+    from ncp.data.datasets import ImageSet, save_image_set
+    from ncp.models.registry import build_vae, save_vae_checkpoint
+    from ncp.train_vae import arch_args_for
+
+    root = tmp_path_factory.mktemp("micro_vae")
+    cfg = ExperimentConfig.from_params(
+        load_params_files([REPO / "params/default.yaml", REPO / "params/test/micro.yaml"])
+    )
+    torch.manual_seed(0)
+    args = arch_args_for(cfg.vae, cfg.data)
+    save_vae_checkpoint(build_vae("nvae", args), "nvae", args, root / "vae.pt")
+    images = (torch.rand(96, 1, 32, 32) * 255).to(torch.uint8)
+    save_image_set(ImageSet(images, None, "mnist5k", "train", binary=True), root / "train.pt")
+    return cfg, root
+
+
+def test_stream_mode_draws_pairs_like_the_cache_and_trains_a_loadable_classifier(micro_vae, tmp_path):
+    from dataclasses import replace
+
+    from ncp import cache_latents, train_nce
+    from ncp.priors.latent_stream import StreamedPairs
+
+    cfg, root = micro_vae
+    vae, train = root / "vae.pt", root / "train.pt"
+    k = 3  # the last group: it has a context
+    shards = replace(cfg.cache, passes=4, batch_size=32, shard_mb=0.05)
+    cache_latents.run(shards, 0, "cpu", vae, train, [tmp_path / f"shards/group_{g}" for g in range(4)])
+    stream = replace(cfg.cache, mode="stream", batch_size=32)
+    cache_latents.run(stream, 0, "cpu", vae, train, [tmp_path / f"stream/group_{g}" for g in range(4)])
+    everything = torch.ones(96, dtype=torch.bool)
+    cached = [
+        torch.cat(t).float()
+        for t in zip(
+            *(
+                b
+                for _, _, b in ShardedPairs(tmp_path / f"shards/group_{k}").batches(
+                    everything, 500, seed=0, epoch=0
+                )
+            )
+        )
+    ]
+    source = StreamedPairs(vae, train, k, vae_fingerprint(vae), torch.device("cpu"))
+    drawn = [
+        torch.cat(t).float()
+        for t in zip(*(b for e in range(4) for _, _, b in source.batches(everything, 32, seed=1, epoch=e)))
+    ]
+    # the same images through the same VAE: 4 cache passes and 4 streamed epochs agree in distribution
+    for name, a, b in zip(("z_q", "z_p", "context"), cached, drawn):
+        assert a.shape == b.shape, name
+        se = (a.var() / a.numel() + b.var() / b.numel()).sqrt() * 10  # pixels within an image correlate
+        assert abs(a.mean() - b.mean()) < se and a.std() == pytest.approx(b.std(), rel=0.05), name
+    # a batch is a function of (seed, epoch, batch): a resumed job sees the same pairs
+    again = next(source.batches(everything, 32, seed=1, epoch=2, start=(0, 1)))[2]
+    assert torch.equal(
+        again[0], next(b for _, i, b in source.batches(everything, 32, seed=1, epoch=2) if i == 1)[0]
+    )
+    # stream mode keeps only z_q on disk (Table 9's q sample) and the NCE job draws the pairs itself
+    assert read_q_sample(tmp_path / f"stream/group_{k}", 10, seed=0).shape == (10, *source.group_shape)
+    with pytest.raises(ValueError, match="holds only the q sample"):
+        ShardedPairs(tmp_path / f"stream/group_{k}")
+    nce = replace(cfg.nce, epochs=1, batch_size=32, val_fraction=0.2, test_fraction=0.2)
+    out, metrics = tmp_path / "nce.pt", tmp_path / "nce.json"
+    with pytest.raises(ValueError, match="needs --checkpoint and --train-data"):
+        train_nce.run(nce, 0, "cpu", tmp_path / f"stream/group_{k}", out, metrics)
+    train_nce.run(nce, 0, "cpu", tmp_path / f"stream/group_{k}", out, metrics, tmp_path / "work", vae, train)
+    assert not (tmp_path / "work").exists()  # the resume state is removed once the outputs exist
+    assert load_classifier(out, group=k, vae_fingerprint=vae_fingerprint(vae)) is not None

@@ -116,8 +116,18 @@ class TensorPairs:
 class GroupCacheWriter:
     """Appends one group's pairs and writes a float shard every ``shard_rows`` rows (bounded memory)."""
 
-    def __init__(self, folder: Path, group: int, shard_mb: float, dtype: torch.dtype, fingerprint: str):
+    def __init__(
+        self,
+        folder: Path,
+        group: int,
+        shard_mb: float,
+        dtype: torch.dtype,
+        fingerprint: str,
+        mode: str = "shards",
+    ):
+        """``mode`` "stream" keeps z_q only: the q sample of Table 9's MMD, while NCE draws its own pairs."""
         self.folder, self.group, self.dtype, self.fingerprint = Path(folder), group, dtype, fingerprint
+        self.mode = mode
         self.partial = self.folder.with_name(self.folder.name + ".partial")
         shutil.rmtree(self.partial, ignore_errors=True)
         self.partial.mkdir(parents=True)
@@ -131,10 +141,12 @@ class GroupCacheWriter:
 
     def append(self, z_q: Tensor, z_p: Tensor, context: Tensor | None, image: Tensor) -> None:
         """Add rows (any device); full shards go to disk at once."""
+        if self.mode == "stream":
+            z_p = context = None
         if self.shard_rows is None:
-            row_bytes = (2 * z_q[0].numel() + (0 if context is None else context[0].numel())) * (
-                torch.finfo(self.dtype).bits // 8
-            )
+            row_bytes = (
+                z_q[0].numel() * (1 if z_p is None else 2) + (0 if context is None else context[0].numel())
+            ) * (torch.finfo(self.dtype).bits // 8)
             self.shard_rows = max(1, int(self.shard_mb * 2**20 // row_bytes))
             self.shapes = {
                 "group_shape": list(z_q.shape[1:]),
@@ -166,6 +178,7 @@ class GroupCacheWriter:
         index = {
             "format": CACHE_FORMAT,
             "version": CACHE_FORMAT_VERSION,
+            "mode": self.mode,
             "group": self.group,
             "num_images": num_images,
             "num_pairs": sum(s["rows"] for s in self.shards),
@@ -208,6 +221,11 @@ class ShardedPairs:
             raise ValueError(f"buffer_shards must be at least 1, got {buffer_shards}")
         self.folder = Path(folder)
         self.index = read_index(folder)
+        if self.index["mode"] != "shards":
+            raise ValueError(
+                f"{folder} holds only the q sample of cache.mode {self.index['mode']!r}; its pairs are drawn "
+                "by the VAE (`ncp train-nce --checkpoint ... --train-data ...`)"
+            )
         self.group = int(self.index["group"])
         self.num_images = int(self.index["num_images"])
         self.num_pairs = int(self.index["num_pairs"])

@@ -27,6 +27,9 @@ rule train_nce:
     """Stage 2b: the binary classifier D_k of latent group {wildcards.group} (independent jobs)."""
     input:
         latents=rules.cache_latents.output.latents,
+        # read only with cache.mode stream, where the NCE job draws its pairs from the VAE
+        checkpoint=rules.train_vae.output.checkpoint,
+        train=shared("prepare-data", "data/train.pt"),
         overlay=overlay,
         code=code("train-nce"),
     output:
@@ -46,4 +49,5 @@ rule train_nce:
         work_dir=lambda wildcards: f"{RESULTS}/work/nce_group_{wildcards.group}",
     shell:
         "ncp train-nce --params-json {params.cfg:q} --latents {params.latents} "
-        "--out {output.classifier} --metrics-out {output.metrics} --work-dir {params.work_dir} > {log} 2>&1"
+        "--checkpoint {input.checkpoint} --train-data {input.train} --out {output.classifier} "
+        "--metrics-out {output.metrics} --work-dir {params.work_dir} > {log} 2>&1"
