@@ -7,8 +7,8 @@ One pass (or ``passes``) over the training images with the frozen VAE stores, fo
 and the index of the image each row came from (so NCE can hold out whole images). Each group goes to
 its own folder of fixed-size shards (`ncp.priors.latent_cache`), written as the batches come: memory
 holds one shard per group whatever the number of pairs, and the K classifier jobs each read only their
-own folder. With ``cache.mode: stream`` only z_q is kept (the q sample of Table 9's MMD): each NCE job
-then draws its pairs from the VAE itself (`ncp.priors.latent_stream`).
+own folder. With ``cache.mode: stream`` each folder holds only its index (group, image count, VAE
+fingerprint): each NCE job then draws its pairs from the VAE itself (`ncp.priors.latent_stream`).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def run(
             f"the VAE has {model.num_groups} latent groups but {len(out_dirs)} output folders were asked for"
         )
     train_set = load_image_set(train_data)
-    if cache.num_images is not None:
+    if cache.num_images is not None and cache.mode == "shards":
         train_set = train_set.subset(cache.num_images)
     num_images = len(train_set.images)
 
@@ -64,7 +64,8 @@ def run(
         GroupCacheWriter(path, k, cache.shard_mb, dtype, fingerprint, cache.mode)
         for k, path in enumerate(out_dirs)
     ]
-    total = cache.passes * -(-num_images // cache.batch_size)
-    write_group_caches(model, tqdm(batches(), total=total, desc="cache-latents"), writers)
+    if cache.mode == "shards":
+        total = cache.passes * -(-num_images // cache.batch_size)
+        write_group_caches(model, tqdm(batches(), total=total, desc="cache-latents"), writers)
     for writer in writers:
         writer.close(num_images)

@@ -125,7 +125,7 @@ class GroupCacheWriter:
         fingerprint: str,
         mode: str = "shards",
     ):
-        """``mode`` "stream" keeps z_q only: the q sample of Table 9's MMD, while NCE draws its own pairs."""
+        """``mode`` "stream" writes only the index: the NCE jobs draw their pairs from the VAE."""
         self.folder, self.group, self.dtype, self.fingerprint = Path(folder), group, dtype, fingerprint
         self.mode = mode
         self.partial = self.folder.with_name(self.folder.name + ".partial")
@@ -141,8 +141,6 @@ class GroupCacheWriter:
 
     def append(self, z_q: Tensor, z_p: Tensor, context: Tensor | None, image: Tensor) -> None:
         """Add rows (any device); full shards go to disk at once."""
-        if self.mode == "stream":
-            z_p = context = None
         if self.shard_rows is None:
             row_bytes = (
                 z_q[0].numel() * (1 if z_p is None else 2) + (0 if context is None else context[0].numel())
@@ -223,7 +221,7 @@ class ShardedPairs:
         self.index = read_index(folder)
         if self.index["mode"] != "shards":
             raise ValueError(
-                f"{folder} holds only the q sample of cache.mode {self.index['mode']!r}; its pairs are drawn "
+                f"{folder} is a cache.mode {self.index['mode']!r} index without pairs; its pairs are drawn "
                 "by the VAE (`ncp train-nce --checkpoint ... --train-data ...`)"
             )
         self.group = int(self.index["group"])
@@ -275,22 +273,6 @@ class ShardedPairs:
                 context = window["context"][index] if "context" in window else None
                 yield w, b, (window["z_q"][index], window["z_p"][index], context)
             del window
-
-
-def read_q_sample(folder: str | Path, num: int | None, seed: int) -> Tensor:
-    """Up to ``num`` z_q rows drawn at random from a group's cache (all if None), without the contexts."""
-    index = read_index(folder)
-    total = int(index["num_pairs"])
-    chosen = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[: num or total]
-    chosen, _ = chosen.sort()
-    parts, offset = [], 0
-    for entry in index["shards"]:
-        inside = chosen[(chosen >= offset) & (chosen < offset + entry["rows"])] - offset
-        if len(inside):
-            shard = load_torch_mmap(Path(folder) / entry["file"])
-            parts.append(shard["z_q"][inside].clone())
-        offset += entry["rows"]
-    return torch.cat(parts)
 
 
 def load_torch_mmap(path: Path) -> dict[str, Tensor]:
