@@ -72,13 +72,20 @@ def _parser() -> argparse.ArgumentParser:
     _add_params(p)
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--train-data", type=Path, required=True)
-    p.add_argument("--out", type=Path, nargs="+", required=True, help="one file per latent group, in order")
+    p.add_argument(
+        "--out", type=Path, nargs="+", required=True, help="one shard folder per latent group, in order"
+    )
 
     p = commands.add_parser("train-nce", help="stage 2b: the classifier D_k of one group")
     _add_params(p)
-    p.add_argument("--latents", type=Path, required=True)
+    p.add_argument("--latents", type=Path, required=True, help="the group's shard folder from cache-latents")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--metrics-out", type=Path, required=True)
+    p.add_argument("--work-dir", type=Path, default=None, help="resume state (not a declared output)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="the VAE (needed by cache.mode stream)")
+    p.add_argument(
+        "--train-data", type=Path, default=None, help="training images (needed by cache.mode stream)"
+    )
 
     p = commands.add_parser("sample", help="stage 3: images from the base prior or the NCP prior")
     _add_params(p)
@@ -205,7 +212,17 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif command == "train-nce":
         from ncp import train_nce
 
-        train_nce.run(cfg.nce, cfg.seed, cfg.device, args.latents, args.out, args.metrics_out)
+        train_nce.run(
+            cfg.nce,
+            cfg.seed,
+            cfg.device,
+            args.latents,
+            args.out,
+            args.metrics_out,
+            args.work_dir,
+            args.checkpoint,
+            args.train_data,
+        )
     elif command == "sample":
         from ncp import sample
 

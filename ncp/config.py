@@ -187,6 +187,8 @@ class CacheConfig:
     passes: int
     batch_size: int
     dtype: str
+    shard_mb: float
+    mode: str  # "shards": pairs cached on disk; "stream": NCE jobs draw pairs from the VAE
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,9 @@ class NCEConfig:
     lr: float
     weight_decay: float
     val_fraction: float
+    test_fraction: float
+    buffer_shards: int
+    checkpoint_every: int
 
 
 @dataclass(frozen=True)

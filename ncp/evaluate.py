@@ -295,7 +295,7 @@ def evaluate_nll(
     device = pick_device(cfg.device)
     seed_everything(cfg.seed + 17)
     model = load_vae_checkpoint(checkpoint, device)
-    ncp_prior = load_ncp_prior(classifier_files, device)
+    ncp_prior = load_ncp_prior(classifier_files, device, vae_checkpoint=checkpoint)
     test = load_image_set(test_data)
     images = (
         test.images if cfg.evaluate.nll_num_images is None else test.images[: cfg.evaluate.nll_num_images]

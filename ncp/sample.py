@@ -121,7 +121,7 @@ def run(
             f"{len(classifier_files)} classifier files for a VAE with {num_groups} latent groups: pass one per "
             f"group, in order (nce/group_0.pt ... group_{num_groups - 1}.pt)"
         )
-    ncp_prior = load_ncp_prior(classifier_files, torch_device) if sampler != "base" else None
+    ncp_prior = load_ncp_prior(classifier_files, torch_device, checkpoint) if sampler != "base" else None
     choose = make_group_sampler(sampler, ncp_prior, sample)
     small_batches = time_small_batches(model, choose, torch_device)
     seed_everything(seed + 7)  # the timing draws must not change the samples

@@ -65,14 +65,21 @@ def files(tmp_path_factory) -> dict[str, Path]:
                root / "nvae_unknown_arch.pt")  # fmt: skip
     z = torch.randn(64, 4)
     torch.save({"group": 0, "z_q": z, "z_p": z + 1, "context": None}, root / "latents_0.pt")
-    for k in range(4):  # classifier files of a 4-group NVAE, as `ncp train-nce` writes them
-        from ncp.priors.classifiers import build_classifier
+    from ncp.priors.checkpoints import save_classifier, vae_fingerprint
+    from ncp.priors.classifiers import build_classifier
 
+    # Another VAE of the same architecture (other weights): its classifiers fit this VAE's shapes.
+    torch.manual_seed(1)
+    save_vae_checkpoint(build_vae("nvae", arch_args), "nvae", arch_args, root / "other_vae.pt")
+    for k in range(4):  # classifier files of a 4-group NVAE, as `ncp train-nce` writes them
         classifier = build_classifier(
             model.group_shapes()[k], model.context_shapes()[k], hidden=4, num_blocks=1
         )
-        torch.save({"group": k, "build_args": classifier.build_args, "state_dict": classifier.state_dict()},
-                   root / f"group_{k}.pt")  # fmt: skip
+        save_classifier(
+            classifier, root / f"group_{k}.pt", group=k, vae_fingerprint=vae_fingerprint(root / "vae.pt")
+        )
+        save_classifier(classifier, root / f"other_group_{k}.pt", group=k,
+                        vae_fingerprint=vae_fingerprint(root / "other_vae.pt"))  # fmt: skip
     save_reference_features(
         root / "cifar_reference.npz",
         ReferenceFeatures(torch.zeros(3).numpy(), torch.eye(3).numpy(), "domain", 10, None, "cifar10"),
@@ -335,19 +342,19 @@ def test_classifiers_of_another_group_or_count_are_refused(files, tmp_path, caps
     _expect_refusal(capsys, [*sample, *map(str, too_few)], ["3 classifier files for a vae with 4 latent groups",
                                                             "one per group"], [out])  # fmt: skip
     not_a_classifier = [files["vae.pt"], *in_wrong_order[1:]]
-    _expect_refusal(capsys, [*sample, *map(str, not_a_classifier)], ["not a classifier file", "rerun"], [out])
+    _expect_refusal(
+        capsys, [*sample, *map(str, not_a_classifier)], ["not an nce classifier file", "rerun"], [out]
+    )
 
 
 def test_a_classifier_of_another_model_is_refused(files, tmp_path, capsys):
-    # A classifier file records which VAE its latents came from (helper "stage2"'s fingerprint); one
-    # trained on another VAE of the same shapes must be refused, not used.
-    from ncp.priors import checkpoints
-
-    if not any(
-        name in checkpoints.__dict__ for name in ("fingerprint", "vae_fingerprint", "model_fingerprint")
-    ):
-        pytest.xfail("classifier files carry no group/model fingerprint yet (helper 'stage2' adds one)")
-    raise AssertionError("the fingerprint exists: write this case against it")
+    # A classifier file records the fingerprint of the VAE whose latents trained it; classifiers of
+    # another VAE with the same shapes would load silently and tilt the wrong prior.
+    out = tmp_path / "samples" / "sir.pt"
+    other = [str(files[f"other_group_{k}.pt"]) for k in range(4)]
+    argv = ["sample", "--params", str(DEFAULT), str(MICRO), "--method", "sir", "--checkpoint", str(files["vae.pt"]),
+            "--out", str(out), "--grid", str(tmp_path / "grid.png"), "--classifiers", *other]  # fmt: skip
+    _expect_refusal(capsys, argv, ["trained on the latents of vae", "retrain the classifiers"], [out])
 
 
 def test_a_fid_reference_of_another_dataset_is_refused(files, tmp_path, capsys):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
@@ -19,7 +18,9 @@ from ncp.priors import (
     NCPPrior,
     build_classifier,
     evaluate_classifier,
-    split_pairs,
+    load_classifier,
+    save_classifier,
+    split_images,
     train_classifier,
 )
 from ncp.samplers import SIRSampler
@@ -45,7 +46,7 @@ def mixture_classifiers():
             z_q, z_p, hidden=hidden, num_blocks=2, epochs=10, batch_size=256, lr=2e-3, seed=dim
         )
         # the returned weights are the best held-out ones: recompute their held-out loss
-        _, val_index = split_pairs(num_pairs, 0.1, seed=dim)
+        _, val_index, _ = split_images(num_pairs, 0.1, 0.0, seed=dim)  # one pair per image here
         held_out = evaluate_classifier(classifier, z_q[val_index], z_p[val_index])
         assert held_out.loss == pytest.approx(history.best_val_loss, abs=1e-5)
         trained[dim] = (q, classifier, history)
@@ -154,7 +155,7 @@ def test_classifier_shapes_zero_start_and_context_broadcast(group_shape, context
     assert torch.allclose(rebuilt.eval()(z, c_full), full, atol=1e-6)
 
 
-def test_ncp_prior_checkpoint_round_trip_and_expanded_context():
+def test_ncp_prior_checkpoint_round_trip_and_expanded_context(tmp_path):
     torch.manual_seed(0)
     classifiers = [
         build_classifier((4,), None, hidden=8),
@@ -165,10 +166,16 @@ def test_ncp_prior_checkpoint_round_trip_and_expanded_context():
         for p in classifier.parameters():
             torch.nn.init.normal_(p, std=0.3)
     prior = NCPPrior(classifiers).freeze()
-    buffer = io.BytesIO()
-    torch.save(prior.to_checkpoint(), buffer)
-    buffer.seek(0)
-    loaded = NCPPrior.from_checkpoint(torch.load(buffer, weights_only=True))
+    # group 1 keeps its base prior: load groups 0 and 2 through the one save/load pair
+    for k in (0, 2):
+        save_classifier(classifiers[k], tmp_path / f"group_{k}.pt", group=k, vae_fingerprint="vae-a")
+    loaded = NCPPrior(
+        [
+            load_classifier(tmp_path / "group_0.pt", group=0),
+            None,
+            load_classifier(tmp_path / "group_2.pt", group=2),
+        ]
+    )
     latents, contexts = [torch.randn(5, 4)] * 3, [None, torch.randn(5, 2), torch.randn(5, 3)]
     expected = prior.log_r(0, latents[0]) + prior.log_r(2, latents[2], contexts[2])
     assert torch.allclose(loaded.sum_log_r(latents, contexts), expected, atol=1e-6)

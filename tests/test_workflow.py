@@ -127,8 +127,9 @@ def test_micro_params_run_end_to_end(tmp_path):
     assert ours[("sir", "8")]["ours FID"] == pytest.approx(summary["fid"]["ncp_sir"], rel=1e-3)
     sir_m2 = torch.load(out / "samples/sir_m2.pt", weights_only=True)
     assert sir_m2["setting"] == {"num_proposals": 2} and sir_m2["time_10_s"] > 0
-    # The resume state of stage 1 is removed once the final checkpoint exists.
+    # The resume state of stage 1 and of every NCE job is removed once their outputs exist.
     assert not (out / "work/vae/resume.pt").exists()
+    assert (out / "latents/group_3/index.json").is_file() and not list((out / "work").glob("nce_group_*"))
     # The per-group NCE jobs run side by side with --cores 2: rerun just them (each logs when it started
     # and ended) and check that two of them overlap in time.
     rerun = _snakemake(

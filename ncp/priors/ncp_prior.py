@@ -2,20 +2,16 @@
 
 It holds one trained classifier per latent group (logit = log r_k) and leaves the base prior to the
 frozen VAE: every method takes the group's prior p(z_k|z_<k) or context as an argument, so the same
-object serves SIR, Langevin dynamics and the log Z estimate.
+object serves SIR, Langevin dynamics and the log Z estimate. Its classifiers are saved and loaded, one file
+per group, by `ncp.priors.checkpoints` (the only classifier file format).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from torch import Tensor, nn
 from torch.distributions import Distribution
-
-from ncp.priors.classifiers import build_classifier
-
-CHECKPOINT_FORMAT_VERSION = 1
 
 
 class NCPPrior(nn.Module):
@@ -79,32 +75,3 @@ class NCPPrior(nn.Module):
     def energy(self, k: int, z: Tensor, context: Tensor | None, prior: Distribution) -> Tensor:
         """E_k(z) = -log r_k(z, c) - log p(z_k | z_<k), (B,): group k's unnormalised -log density."""
         return -self.log_r(k, z, context) - prior.log_prob(z)
-
-    def to_checkpoint(self) -> dict[str, Any]:
-        """Classifier build arguments and weights, enough to rebuild with ``from_checkpoint``."""
-        build_args = []
-        for k in range(self.num_groups):
-            classifier = self.classifier(k)
-            if classifier is not None and not hasattr(classifier, "build_args"):
-                raise ValueError(f"classifier of group {k} was not made by build_classifier")
-            build_args.append(None if classifier is None else classifier.build_args)
-        return {
-            "format_version": CHECKPOINT_FORMAT_VERSION,
-            "build_args": build_args,
-            "state_dict": self.state_dict(),
-        }
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> NCPPrior:
-        """Rebuild the prior saved by ``to_checkpoint`` (loaded strictly, frozen)."""
-        version = checkpoint.get("format_version")
-        if version != CHECKPOINT_FORMAT_VERSION:
-            raise ValueError(
-                f"NCP checkpoint format {version} is not the supported {CHECKPOINT_FORMAT_VERSION}"
-            )
-        classifiers = [
-            None if args is None else build_classifier(**args) for args in checkpoint["build_args"]
-        ]
-        prior = cls(classifiers)
-        prior.load_state_dict(checkpoint["state_dict"], strict=True)
-        return prior.freeze()

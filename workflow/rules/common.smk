@@ -93,14 +93,30 @@ _MODEL_CODE = ["ncp/models/base.py", "ncp/models/registry.py"] + sorted(
     for p in Path("ncp/models").rglob("*.py")
     if p.name not in ("base.py", "registry.py", "__init__.py")
 )
-_PRIOR_CODE = ["ncp/priors/classifiers.py", "ncp/priors/ncp_prior.py", "ncp/priors/checkpoints.py"]
+_PRIOR_CODE = [
+    "ncp/priors/classifiers.py",
+    "ncp/priors/ncp_prior.py",
+    "ncp/priors/checkpoints.py",
+    "ncp/priors/latent_cache.py",
+]
 STAGE_CODE = {
     "prepare-data": _SHARED_CODE + ["ncp/prepare_data.py", "ncp/data/datasets.py"],
     "train-vae": _SHARED_CODE
     + _MODEL_CODE
     + ["ncp/train_vae.py", "ncp/training_state.py", "ncp/data/datasets.py", "ncp/priors/gmm.py"],
-    "cache-latents": _SHARED_CODE + _MODEL_CODE + ["ncp/cache_latents.py", "ncp/data/datasets.py"],
-    "train-nce": _SHARED_CODE + _PRIOR_CODE + ["ncp/train_nce.py", "ncp/priors/nce.py"],
+    "cache-latents": _SHARED_CODE
+    + _MODEL_CODE
+    + _PRIOR_CODE
+    + ["ncp/cache_latents.py", "ncp/data/datasets.py"],
+    "train-nce": _SHARED_CODE
+    + _MODEL_CODE
+    + _PRIOR_CODE
+    + [
+        "ncp/train_nce.py",
+        "ncp/priors/nce.py",
+        "ncp/priors/latent_stream.py",
+        "ncp/data/datasets.py",
+    ],
     "sample": _SHARED_CODE
     + _MODEL_CODE
     + _PRIOR_CODE

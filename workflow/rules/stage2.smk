@@ -6,7 +6,8 @@ rule cache_latents:
         overlay=overlay,
         code=code("cache-latents"),
     output:
-        # one file per group, group_<k>.pt; a folder, since experiments differ in their group counts
+        # one shard folder per group, group_<k>/ (index.json + shard_*.pt); one output folder, since
+        # experiments differ in their group counts
         latents=directory(f"{RESULTS}/latents"),
     log:
         f"{RESULTS}/logs/cache_latents.log",
@@ -16,7 +17,7 @@ rule cache_latents:
         gpu=GPU_PER_JOB,
     params:
         cfg=params_json("cache-latents"),
-        files=lambda wildcards, output: [f"{output.latents}/group_{k}.pt" for k in groups(wildcards)],
+        files=lambda wildcards, output: [f"{output.latents}/group_{k}" for k in groups(wildcards)],
     shell:
         "ncp cache-latents --params-json {params.cfg:q} --checkpoint {input.checkpoint} "
         "--train-data {input.train} --out {params.files} --log {log}"
@@ -26,6 +27,9 @@ rule train_nce:
     """Stage 2b: the binary classifier D_k of latent group {wildcards.group} (independent jobs)."""
     input:
         latents=rules.cache_latents.output.latents,
+        # read only with cache.mode stream, where the NCE job draws its pairs from the VAE
+        checkpoint=rules.train_vae.output.checkpoint,
+        train=shared("prepare-data", "data/train.pt"),
         overlay=overlay,
         code=code("train-nce"),
     output:
@@ -41,7 +45,9 @@ rule train_nce:
         gpu=GPU_PER_JOB,
     params:
         cfg=params_json("train-nce"),
-        latents=lambda wildcards, input: f"{input.latents}/group_{wildcards.group}.pt",
+        latents=lambda wildcards, input: f"{input.latents}/group_{wildcards.group}",
+        work_dir=lambda wildcards: f"results/{wildcards.experiment}/work/nce_group_{wildcards.group}",
     shell:
         "ncp train-nce --params-json {params.cfg:q} --latents {params.latents} "
-        "--out {output.classifier} --metrics-out {output.metrics} --log {log}"
+        "--checkpoint {input.checkpoint} --train-data {input.train} --out {output.classifier} "
+        "--metrics-out {output.metrics} --work-dir {params.work_dir} --log {log}"

@@ -1,0 +1,68 @@
+"""`cache.mode: stream`: each NCE job draws its group's (z_q, z_p, context) pairs from the frozen VAE.
+
+For datasets whose cache would not fit on disk (CelebA-64 with 30 groups: ~5.6 MB of float16 contexts
+per image, ~0.9 TB for the training set), the pairs of one batch are made on the fly: the training
+images of the batch go through the VAE and only group k's rows are kept. Every epoch is then a fresh
+pass over the training images (new binarisation and posterior noise), memory is one batch, and the
+price is one VAE forward pass per NCE step in each of the K jobs. The batch of (seed, epoch, b) uses
+its own seeded RNG, so the order and the draws are reproducible and a resumed job sees the same pairs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ncp.data import load_image_set, prepare_batch
+from ncp.models.registry import load_vae_checkpoint
+from ncp.priors.latent_cache import Batch, _epoch_generator
+
+
+class StreamedPairs:
+    """Group ``group``'s pairs drawn by the VAE of ``checkpoint`` from the images of ``train_data``."""
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        train_data: str | Path,
+        group: int,
+        fingerprint: str,
+        device: torch.device,
+    ):
+        self.device = torch.device(device)
+        self.model = load_vae_checkpoint(checkpoint, self.device)
+        if not 0 <= group < self.model.num_groups:
+            raise ValueError(f"group {group} out of range for a VAE with {self.model.num_groups} groups")
+        self.train_set = load_image_set(train_data)
+        self.group, self.fingerprint = group, fingerprint
+        self.num_images = self.num_pairs = len(self.train_set.images)  # one pair per image per epoch
+        z_q, _, context = self._draw(torch.arange(1), torch.Generator().manual_seed(0))
+        self.group_shape = tuple(z_q.shape[1:])
+        self.context_shape = None if context is None else tuple(context.shape[1:])
+
+    @torch.no_grad()
+    def _draw(self, images: Tensor, generator: torch.Generator) -> Batch:
+        x = prepare_batch(self.train_set.images[images], self.train_set.binary, generator).to(self.device)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # the VAE's sampling, seeded per batch
+            torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+            output = self.model(x, noise_scale=1.0)
+            k = self.group
+            z_p = output.priors[k].sample()
+        context = output.contexts[k]
+        return output.latents[k], z_p, context
+
+    def batches(
+        self, wanted: Tensor, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True, start=(0, 0)
+    ) -> Iterator[tuple[int, int, Batch]]:
+        """(0, batch, (z_q, z_p, context)) for the images ``wanted`` marks, drawn afresh each epoch."""
+        images = torch.nonzero(wanted, as_tuple=True)[0]
+        if shuffle:
+            images = images[torch.randperm(len(images), generator=_epoch_generator(seed, epoch))]
+        for b in range(start[1], math.ceil(len(images) / batch_size)):
+            generator = _epoch_generator(seed, epoch, b)
+            yield 0, b, self._draw(images[b * batch_size : (b + 1) * batch_size], generator)
