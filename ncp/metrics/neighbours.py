@@ -17,7 +17,7 @@ from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import save_image
 
 from ncp.data import load_image_set
-from ncp.runtime import load_torch
+from ncp.runtime import load_torch, publish_file
 
 
 def _check_images(images: torch.Tensor, what: str) -> None:
@@ -112,7 +112,7 @@ def write_neighbour_figure(
     os.close(fd)
     try:
         save_image(grid, tmp, nrow=1 + num_neighbours, format="png")
-        os.replace(tmp, out_png)  # a killed job leaves no half-written PNG
+        publish_file(tmp, out_png)  # a killed job leaves no half-written PNG; mode follows the umask
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

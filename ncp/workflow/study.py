@@ -64,6 +64,27 @@ def study_experiments(params: dict) -> list[Experiment]:
     return found
 
 
+def overlay_study(params: dict, default_file: str | Path, overlay_files: list[str | Path]) -> dict:
+    """``params`` (the default file with the overlays merged in, as Snakemake merges configfiles) with the
+    default's study taken out: an overlay inherits the default's science, not its `paper` section (its
+    tables, rows, sub-experiments and Table 8 sweep belong to the default experiment alone). With
+    overlays given, `paper` is what the overlays themselves say; without, the default's.
+
+    So `--configfile x.yaml` with `experiment: x` runs just x, unless x.yaml lists sub-experiments or a
+    sweep of its own (what `paper` gave before an overlay file replaced the default).
+    """
+    default = Path(default_file).resolve()
+    overlays = [Path(f) for f in overlay_files if Path(f).resolve() != default]
+    if not overlays:
+        return params
+    paper: dict = {}
+    for path in overlays:
+        content = yaml.safe_load(path.read_text()) or {}
+        if isinstance(content, dict) and isinstance(content.get("paper"), dict):
+            paper = deep_merge(paper, content["paper"])
+    return {**params, "paper": paper}
+
+
 def written_tables(params: dict) -> list[str]:
     """The paper tables a run writes: those its own figures fill (`paper.tables`), then those only its
     sub-experiments fill (e.g. Table 2 for the default, from the single-group VAE it runs)."""

@@ -1,11 +1,15 @@
-# Validation, result paths and the per-stage params; no logic beyond what wiring needs.
+# Validation, result paths, the per-stage params and the run settings; no logic beyond what wiring needs.
+import json
+import os
 import re
 from pathlib import Path
 
 from snakemake.utils import validate
 
 from ncp.config import num_latent_groups, resolve_params, stage_params_json
+from ncp.workflow.code_deps import stage_code
 from ncp.workflow.study import (
+    overlay_study,
     sharing_owner,
     study_experiments,
     sweep_variants,
@@ -21,6 +25,12 @@ def _cuda_available():
     return torch.cuda.is_available()
 
 
+# An overlay (--configfile x.yaml) inherits params/default.yaml's science, not its study (`paper`).
+_overlay_config = dict(overlay_study(config, DEFAULT_PARAMS, workflow.overwrite_configfiles))
+if "paper" in (workflow.config_settings.overwrite_config or {}):  # --config paper=... still applies
+    _overlay_config["paper"] = workflow.config_settings.overwrite_config["paper"]
+config.clear()
+config.update(_overlay_config)
 validate(config, "../../ncp/params.schema.yaml")
 PARAMS = resolve_params(config)  # the same defaults and checks `ncp <stage>` applies
 MAIN = PARAMS["experiment"]
@@ -76,50 +86,77 @@ def samples(wildcards):
     return expand(f"results/{wildcards.experiment}/samples/{{method}}.pt", method=methods)
 
 
-# Jobs that run on the GPU ask for one where a GPU will be used, so the profile's `gpu` resource caps
-# how many run at once; on a CPU-only machine they ask for none and run side by side.
-GPU_PER_JOB = int(PARAMS["device"] != "cpu" and _cuda_available())
+def run_settings(experiment):
+    """The `run` section of ``experiment`` (device, threads, ...): how its jobs execute."""
+    return EXPERIMENTS[experiment].params["run"]
 
-# The ncp/ modules each stage runs: declared as inputs, so a code change reruns exactly its jobs.
-_SHARED_CODE = ["ncp/config.py", "ncp/runtime.py", "ncp/cli.py", "ncp/params.schema.yaml"]
-_MODEL_CODE = ["ncp/models/base.py", "ncp/models/registry.py"] + sorted(
-    str(p)
-    for p in Path("ncp/models").rglob("*.py")
-    if p.name not in ("base.py", "registry.py", "__init__.py")
-)
-_PRIOR_CODE = ["ncp/priors/classifiers.py", "ncp/priors/ncp_prior.py", "ncp/priors/checkpoints.py"]
-STAGE_CODE = {
-    "prepare-data": _SHARED_CODE + ["ncp/prepare_data.py", "ncp/data/datasets.py"],
-    "train-vae": _SHARED_CODE
-    + _MODEL_CODE
-    + ["ncp/train_vae.py", "ncp/data/datasets.py", "ncp/priors/gmm.py"],
-    "cache-latents": _SHARED_CODE + _MODEL_CODE + ["ncp/cache_latents.py", "ncp/data/datasets.py"],
-    "train-nce": _SHARED_CODE + _PRIOR_CODE + ["ncp/train_nce.py", "ncp/priors/nce.py"],
-    "sample": _SHARED_CODE
-    + _MODEL_CODE
-    + _PRIOR_CODE
-    + ["ncp/sample.py", "ncp/workflow/study.py", "ncp/samplers/sir.py", "ncp/samplers/langevin.py"],
-    "evaluate": _SHARED_CODE
-    + _MODEL_CODE
-    + _PRIOR_CODE
-    + [
-        "ncp/evaluate.py",
-        "ncp/data/datasets.py",
-        "ncp/metrics/fid.py",
-        "ncp/metrics/feature_nets.py",
-        "ncp/metrics/mmd.py",
-        "ncp/metrics/nll.py",
-        "ncp/metrics/log_z.py",
-        "ncp/metrics/neighbours.py",
-    ],
-    "tables": _SHARED_CODE
-    + ["ncp/tables.py", "ncp/paper_tables.py", "ncp/workflow/study.py", "ncp/paper_results.yaml"],
-}
+
+# Run settings reach the jobs through one JSON file per experiment (`--run-json`), written when the
+# workflow starts executing. They are in no rule's params or inputs, and the shell command names the
+# file only through the {experiment} wildcard, so neither Snakemake's params, input nor code trigger
+# sees them: changing a run setting reruns nothing that is finished (the next jobs use the new values).
+RUN_JSON = ".snakemake/ncp-run/{wildcards.experiment}.json"  # the shell commands name it literally
+
+
+def write_run_settings():
+    for name, experiment in EXPERIMENTS.items():
+        path = Path(RUN_JSON.format(wildcards=type("W", (), {"experiment": name})))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(experiment.params["run"], sort_keys=True, indent=2) + "\n")
+        os.replace(tmp, path)
+
+
+# `ncp <stage>` ends itself if this Snakemake process ends before it (see ncp.runtime.exit_with_workflow).
+os.environ["NCP_WORKFLOW_PID"] = str(os.getpid())
+
+
+def _gpus_here():
+    if workflow.non_local_exec or workflow.remote_exec:
+        return True  # a cluster job: the compute node has GPUs even where this login node has none
+    return _cuda_available()
+
+
+_GPUS_HERE = None
+
+
+def gpus(count=1):
+    """A GPU job's `gpu` resource: ``count`` GPUs unless its experiment runs on the CPU (`run.device:
+    cpu`) or no GPU is there to use. The `gpu` resource caps how many GPU jobs run at once
+    (`--resources gpu=N`; on SLURM it becomes --gpus); each job then claims its own GPU (ncp/gpu_slots.py)."""
+
+    def request(wildcards):
+        global _GPUS_HERE
+        if run_settings(wildcards.experiment)["device"] == "cpu":
+            return 0
+        if _GPUS_HERE is None:
+            _GPUS_HERE = _gpus_here()
+        if not _GPUS_HERE:
+            return 0
+        return count(wildcards) if callable(count) else count
+
+    return request
+
+
+def job_threads(multiplier=None):
+    """A compute job's threads: its experiment's `run.threads` (times its processes for DDP training)."""
+    return lambda wildcards: run_settings(wildcards.experiment)["threads"] * (
+        multiplier(wildcards) if multiplier else 1
+    )
+
+
+def mem_mb(kind):
+    """A job's memory request (MB) from its experiment's `run.mem_mb`."""
+    return lambda wildcards: run_settings(wildcards.experiment)["mem_mb"][kind]
+
+
+def training_processes(wildcards):
+    return experiment_params(wildcards)["vae"]["train"]["num_processes"]
 
 
 def code(stage):
-    """The code files a stage runs (a Snakemake input)."""
-    return [path for path in STAGE_CODE[stage] if Path(path).exists()]
+    """The code files a stage runs (a Snakemake input): its module and the ncp/ modules it imports."""
+    return stage_code(stage, relative_to=Path.cwd())
 
 
 def sweep_sample_count(wildcards):
