@@ -32,7 +32,7 @@ needs_tools = pytest.mark.skipif(
 # classifiers, 2 samplers, Fig. 4 and Tables 6 and 9.
 NANO = """\
 experiment: nano
-device: cpu
+run: {device: cpu}
 paper: {tables: [table6, table9], experiments: {table2: [], table7: []}, table8: {sir_num_proposals: [], ld_num_steps: []}}
 vae:
   nvae:
@@ -160,8 +160,8 @@ def test_dvc_yaml_has_one_stage_per_snakemake_job():
     ]
     assert nce["deps"][0] == "results/default/latents" and "ncp/train_nce.py" in nce["deps"]
     assert nce["params"] == [
-        {"params/default.yaml": ["device", "nce", "seed"]}
-    ]  # STAGE_SECTIONS["train-nce"]
+        {"params/default.yaml": ["nce", "seed"]}
+    ]  # STAGE_SECTIONS["train-nce"]: no `run` (device, threads, ...), so changing it reruns nothing
     assert nce["outs"] == ["results/default/nce/group_2.pt"]
     assert nce["metrics"] == ["results/default/metrics/nce/group_2.json"]
     # a sub-experiment's stages depend on its overlay file; its data split is the default's
@@ -191,10 +191,9 @@ def test_overlay_files_are_listed_per_file_and_repeated_in_commands(tmp_path):
     assert set(stages) == STAGES
     nce = stages["train_nce_nano_1"]
     assert nce["params"] == [
-        {"params/default.yaml": ["device", "nce", "seed"]},
+        {"params/default.yaml": ["nce", "seed"]},
         {"params/test/micro.yaml": ["nce"]},
-        {"params/test/nano.yaml": ["device"]},
-    ]
+    ]  # nano.yaml sets only `run` among this stage's keys: not a param
     assert shlex.split(nce["cmd"])[3:6] == ["--configfile", *CONFIGFILES]
     # a pipeline in a subfolder runs its stages from the repository root
     sub = yaml.safe_load(render_dvc_yaml(CONFIGFILES, tmp_path, out="pipelines/nano/dvc.yaml"))["stages"]

@@ -12,6 +12,7 @@ Pure Python (`ast`, no torch): the Snakefile and `ncp export-dvc` import it.
 from __future__ import annotations
 
 import ast
+import os
 import re
 from functools import cache
 from pathlib import Path
@@ -92,18 +93,13 @@ def module_closure(roots: tuple[str, ...]) -> tuple[Path, ...]:
 
 
 def stage_code(stage: str, relative_to: Path | None = None) -> list[str]:
-    """The code files of ``stage`` (a key of STAGE_MODULES) as paths relative to ``relative_to`` (default:
-    the repository), cli.py first."""
-    base = (relative_to or REPO_DIR).resolve()
-    # cli.py itself, and what it runs before dispatching to the stage (params, threads, device)
+    """The code files of ``stage`` (a key of STAGE_MODULES), cli.py first: as `ncp/...` paths when
+    ``relative_to`` (default: the repository) holds this package (a link to it counts), else absolute
+    (`snakemake -d /scratch/run` works in a folder outside the repository)."""
     files = module_closure(("ncp.cli", "ncp.config", "ncp.runtime") + STAGE_MODULES[stage])
     cli = PACKAGE_DIR / "cli.py"
-    ordered = [cli] + [f for f in files if f != cli]
-    return [_relative(f, base) for f in ordered]
-
-
-def _relative(path: Path, base: Path) -> str:
-    try:
-        return str(path.relative_to(base))
-    except ValueError:  # the work directory is elsewhere (`snakemake -d /scratch/run`): an absolute path
-        return str(path)
+    names = [str(f.relative_to(REPO_DIR)) for f in [cli] + [f for f in files if f != cli]]
+    local = Path(relative_to or REPO_DIR) / "ncp"
+    if local.is_dir() and os.path.samefile(local, PACKAGE_DIR):
+        return names
+    return [str(REPO_DIR / name) for name in names]

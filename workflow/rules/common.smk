@@ -7,6 +7,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from ncp.config import num_latent_groups, resolve_params, stage_params_json
+from ncp.gpu_slots import visible_gpus
 from ncp.workflow.code_deps import stage_code
 from ncp.workflow.study import (
     overlay_study,
@@ -17,12 +18,6 @@ from ncp.workflow.study import (
     table_runs,
     written_tables,
 )
-
-
-def _cuda_available():
-    import torch
-
-    return torch.cuda.is_available()
 
 
 # An overlay (--configfile x.yaml) inherits params/default.yaml's science, not its study (`paper`).
@@ -114,7 +109,14 @@ os.environ["NCP_WORKFLOW_PID"] = str(os.getpid())
 def _gpus_here():
     if workflow.non_local_exec or workflow.remote_exec:
         return True  # a cluster job: the compute node has GPUs even where this login node has none
-    return _cuda_available()
+    return bool(visible_gpus())
+
+
+# A local run caps its GPU jobs at the GPUs this machine shows (CUDA_VISIBLE_DEVICES respected) unless
+# --resources gpu=N says otherwise; each job then claims a GPU of its own (ncp/gpu_slots.py). Not set in
+# the default profile: Snakemake applies that profile over --profile slurm, whose cap would be lost.
+if not (workflow.non_local_exec or workflow.remote_exec) and "gpu" not in workflow.global_resources:
+    workflow.register_resource("gpu", len(visible_gpus()))
 
 
 _GPUS_HERE = None
