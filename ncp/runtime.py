@@ -54,7 +54,7 @@ def set_threads(threads: int) -> None:
         os.environ[name] = str(threads)  # processes this job starts (torchrun workers) inherit it
     torch.set_num_threads(threads)
     try:
-        torch.set_interop_threads(threads)
+        torch.set_num_interop_threads(threads)
     except RuntimeError:  # already set, or inter-op work already started (only once per process)
         pass
 
