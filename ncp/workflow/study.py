@@ -42,12 +42,23 @@ def _read_overlay(path: str) -> dict:
     return content
 
 
-def study_experiments(params: dict) -> list[Experiment]:
-    """The main experiment first, then each sub-experiment of ``paper.experiments`` (params resolved)."""
+def _find_overlay(path: str, repo: str | Path | None) -> str:
+    """``path`` as given when it exists from here, else under ``repo`` (a work directory elsewhere,
+    `snakemake -d /scratch/run`, still finds the repository's params/ files)."""
+    if Path(path).is_file() or repo is None or Path(path).is_absolute():
+        return path
+    in_repo = Path(repo) / path
+    return str(in_repo) if in_repo.is_file() else path
+
+
+def study_experiments(params: dict, repo: str | Path | None = None) -> list[Experiment]:
+    """The main experiment first, then each sub-experiment of ``paper.experiments`` (params resolved).
+    Overlay paths are relative to the working directory or, failing that, to ``repo``."""
     main = Experiment(params["experiment"], params)
     found = [main]
     for table, overlays in params["paper"]["experiments"].items():
-        for path in overlays:
+        for given in overlays:
+            path = _find_overlay(given, repo)
             overlay = _read_overlay(path)
             label = str(overlay.get("experiment") or Path(path).stem)
             sub = deep_merge(params, overlay)

@@ -20,6 +20,9 @@ from ncp.workflow.study import (
 )
 
 
+# The SLURM profile says its GPU jobs run on GPU nodes (`--config cluster_gpus=true`): a dry run on a
+# login node could not tell otherwise (Snakemake runs it with its dry-run executor, not the cluster's).
+CLUSTER_GPUS = bool(config.pop("cluster_gpus", False))
 # An overlay (--configfile x.yaml) inherits params/default.yaml's science, not its study (`paper`).
 _overlay_config = dict(overlay_study(config, DEFAULT_PARAMS, workflow.overwrite_configfiles))
 if "paper" in (workflow.config_settings.overwrite_config or {}):  # --config paper=... still applies
@@ -31,7 +34,7 @@ PARAMS = resolve_params(config)  # the same defaults and checks `ncp <stage>` ap
 MAIN = PARAMS["experiment"]
 # This run and the sub-experiments its paper tables gather (Tables 1, 2 and 7; see ncp/workflow/study.py): every
 # pipeline rule works for any of them through the {experiment} wildcard.
-EXPERIMENTS = {e.name: e for e in study_experiments(PARAMS)}
+EXPERIMENTS = {e.name: e for e in study_experiments(PARAMS, repo=REPO)}
 RESULTS = "results/{experiment}"
 MAIN_RESULTS = f"results/{MAIN}"
 SAMPLE_METHODS = ["base"] + list(PARAMS["sample"]["methods"])  # this run's
@@ -107,7 +110,7 @@ os.environ["NCP_WORKFLOW_PID"] = str(os.getpid())
 
 
 def _gpus_here():
-    if workflow.non_local_exec or workflow.remote_exec:
+    if CLUSTER_GPUS or workflow.non_local_exec or workflow.remote_exec:
         return True  # a cluster job: the compute node has GPUs even where this login node has none
     return bool(visible_gpus())
 
