@@ -19,7 +19,6 @@ from ncp.workflow.study import (
     written_tables,
 )
 
-
 # The SLURM profile says its GPU jobs run on GPU nodes (`--config cluster_gpus=true`): a dry run on a
 # login node could not tell otherwise (Snakemake runs it with its dry-run executor, not the cluster's).
 CLUSTER_GPUS = bool(config.pop("cluster_gpus", False))
@@ -106,7 +105,7 @@ def write_run_settings():
 
 
 # `ncp <stage>` ends itself if this Snakemake process ends before it (see ncp.runtime.exit_with_workflow).
-os.environ["NCP_WORKFLOW_PID"] = str(os.getpid())
+os.environ.update(NCP_WORKFLOW_PID=str(os.getpid()))
 
 
 def _gpus_here():
