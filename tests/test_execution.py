@@ -287,6 +287,9 @@ def test_a_work_directory_outside_the_repository_runs(tmp_path):
         str(repo / "params/test/micro.yaml"),
     )
     assert (scratch / "results/micro/data/train.pt").is_file() and not (repo / "results").exists()
+    # params/default.yaml was read under it (Snakemake skips a missing `configfile:` when --configfile is
+    # given): its run.threads is 2, the schema's default 4
+    assert json.loads((scratch / ".snakemake/ncp-run/micro.json").read_text())["threads"] == 2
 
 
 def test_an_overlay_runs_just_its_experiment(tmp_path):
