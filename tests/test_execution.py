@@ -288,8 +288,18 @@ def test_a_work_directory_outside_the_repository_runs(tmp_path):
     )
     assert (scratch / "results/micro/data/train.pt").is_file() and not (repo / "results").exists()
     # params/default.yaml was read under it (Snakemake skips a missing `configfile:` when --configfile is
-    # given): its run.threads is 2, the schema's default 4
-    assert json.loads((scratch / ".snakemake/ncp-run/micro.json").read_text())["threads"] == 2
+    # given): its NVAE (2 latent scales) reaches the training command
+    printed = _snakemake(
+        repo,
+        "results/micro/vae/checkpoint.pt",
+        "-n",
+        "-p",
+        "-d",
+        str(scratch),
+        "--configfile",
+        str(repo / "params/test/micro.yaml"),
+    )
+    assert '"num_latent_scales":2' in printed.stdout
 
 
 def test_an_overlay_runs_just_its_experiment(tmp_path):

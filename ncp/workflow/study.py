@@ -77,9 +77,11 @@ def study_experiments(params: dict, repo: str | Path | None = None) -> list[Expe
 
 def overlay_study(params: dict, default_file: str | Path, overlay_files: list[str | Path]) -> dict:
     """``params`` (the default file with the overlays merged in, as Snakemake merges configfiles) with the
-    default's study taken out: an overlay inherits the default's science, not its `paper` section (its
-    tables, rows, sub-experiments and Table 8 sweep belong to the default experiment alone). With
-    overlays given, `paper` is what the overlays themselves say; without, the default's.
+    default's study and run settings taken out: an overlay inherits the default's science, not its
+    `paper` section (its tables, rows, sub-experiments and Table 8 sweep belong to the default experiment
+    alone) nor its `run` section (sized for the small CPU default: 2 threads, a few GB, where the schema's
+    defaults fit the paper's configs). With overlays given, both are what the overlays say; without, the
+    default's.
 
     So `--configfile x.yaml` with `experiment: x` runs just x, unless x.yaml lists sub-experiments or a
     sweep of its own (what `paper` gave before an overlay file replaced the default).
@@ -88,12 +90,13 @@ def overlay_study(params: dict, default_file: str | Path, overlay_files: list[st
     overlays = [Path(f) for f in overlay_files if Path(f).resolve() != default]
     if not overlays:
         return params
-    paper: dict = {}
+    own: dict = {"paper": {}, "run": {}}
     for path in overlays:
         content = yaml.safe_load(path.read_text()) or {}
-        if isinstance(content, dict) and isinstance(content.get("paper"), dict):
-            paper = deep_merge(paper, content["paper"])
-    return {**params, "paper": paper}
+        for section in own:
+            if isinstance(content, dict) and isinstance(content.get(section), dict):
+                own[section] = deep_merge(own[section], content[section])
+    return {**params, **own}
 
 
 def written_tables(params: dict) -> list[str]:

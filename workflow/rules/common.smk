@@ -22,10 +22,12 @@ from ncp.workflow.study import (
 # The SLURM profile says its GPU jobs run on GPU nodes (`--config cluster_gpus=true`): a dry run on a
 # login node could not tell otherwise (Snakemake runs it with its dry-run executor, not the cluster's).
 CLUSTER_GPUS = bool(config.pop("cluster_gpus", False))
-# An overlay (--configfile x.yaml) inherits params/default.yaml's science, not its study (`paper`).
+# An overlay (--configfile x.yaml) inherits params/default.yaml's science, not its study (`paper`) or
+# its run settings (`run`, sized for the small CPU default).
 _overlay_config = dict(overlay_study(config, DEFAULT_PARAMS, workflow.overwrite_configfiles))
-if "paper" in (workflow.config_settings.overwrite_config or {}):  # --config paper=... still applies
-    _overlay_config["paper"] = workflow.config_settings.overwrite_config["paper"]
+for _section in ("paper", "run"):  # --config paper=... / run=... still apply
+    if _section in (workflow.config_settings.overwrite_config or {}):
+        _overlay_config[_section] = workflow.config_settings.overwrite_config[_section]
 config.clear()
 config.update(_overlay_config)
 validate(config, "../../ncp/params.schema.yaml")
