@@ -31,6 +31,13 @@ def _add_params(parser: argparse.ArgumentParser) -> None:
         help="write all output to this file (what the Snakemake rules do); an error's one-line message "
         "goes to the terminal as well",
     )
+    parser.add_argument(
+        "--run-json",
+        type=Path,
+        default=None,
+        help="a JSON file of the `run` section (device, threads, ...): Snakemake writes one per experiment",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: run.threads)")
 
 
 def _config(args: argparse.Namespace) -> ExperimentConfig:
@@ -41,10 +48,29 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
             raise ConfigError(
                 f"--params-json is not valid JSON: {error.msg} at character {error.pos}"
             ) from None
-        return ExperimentConfig.from_params(params)
-    if args.params:
-        return ExperimentConfig.from_params(load_params_files(args.params))
-    return ExperimentConfig.from_params(resolve_params({}))
+    elif args.params:
+        params = load_params_files(args.params)
+    else:
+        params = resolve_params({})
+    if (
+        args.run_json is not None
+    ):  # the run settings travel apart from the params (no rerun trigger sees them)
+        if not args.run_json.is_file():
+            raise ConfigError(f"--run-json file not found: {args.run_json}")
+        params = {**params, "run": json.loads(args.run_json.read_text())}
+    return ExperimentConfig.from_params(params)
+
+
+def _start_job(command: str, cfg: ExperimentConfig, threads: int | None) -> None:
+    """CPU threads and the end-with-Snakemake watchdog for every stage (see ncp.runtime); a multi-GPU
+    training claims its GPUs here, before torchrun starts its processes (other stages claim theirs when
+    they pick their device)."""
+    from ncp import runtime
+
+    runtime.exit_with_workflow()
+    runtime.set_threads(threads or cfg.run.threads)
+    if command == "train-vae" and cfg.vae.train.num_processes > 1:
+        runtime.pick_device(cfg.device, num_gpus=cfg.vae.train.num_processes)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -197,6 +223,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         import_nvae.run(args.checkpoint, args.out)
         return 0
     cfg = _config(args)
+    _start_job(command, cfg, args.threads)
     if command == "prepare-data":
         from ncp import prepare_data
 

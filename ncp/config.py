@@ -21,15 +21,27 @@ SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
 
 # The params sections each stage reads; Snakemake passes exactly these to `ncp <stage>` and the
 # generated dvc.yaml lists them as the stage's params, so a change reruns only the stages that read it.
+# The `run` section (device, threads, checkpoint frequency, grids, ...) is in none of them: it changes
+# how a job runs, not what it computes, and reaches the job apart from the params (`--run-json`).
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "prepare-data": ("seed", "data"),
-    "train-vae": ("seed", "device", "data", "vae"),
-    "cache-latents": ("seed", "device", "data", "vae", "cache"),
-    "train-nce": ("seed", "device", "nce"),
-    "sample": ("seed", "device", "vae", "sample"),
-    "evaluate": ("seed", "device", "data", "vae", "sample", "evaluate"),
-    "evaluate-features": ("seed", "device", "data", "evaluate"),  # no vae/sample: features outlive them
+    "train-vae": ("seed", "data", "vae"),
+    "cache-latents": ("seed", "data", "vae", "cache"),
+    "train-nce": ("seed", "nce"),
+    "sample": ("seed", "vae", "sample"),
+    "evaluate": ("seed", "data", "vae", "sample", "evaluate"),
+    "evaluate-features": ("seed", "data", "evaluate"),  # no vae/sample: features outlive them
     "tables": ("experiment", "paper", "sample", "evaluate"),
+}
+
+# Keys that moved into `run` (they were science keys before, so an old params file may still set them).
+MOVED_TO_RUN = {
+    ("device",): "run.device",
+    ("vae", "train", "checkpoint_every"): "run.checkpoint_every",
+    ("nce", "checkpoint_every"): "run.nce_checkpoint_every",
+    ("sample", "temperature"): "run.grid_temperature",
+    ("sample", "grid_size"): "run.grid_size",
+    ("sample", "sir", "chunk_size"): "run.sir_chunk_size",
 }
 
 
@@ -66,6 +78,15 @@ def _fill_defaults(value: Any, schema: dict) -> Any:
 
 def resolve_params(params: dict) -> dict:
     """Fill the schema's defaults into ``params`` and validate it; raise ConfigError on a bad value."""
+    for path, new in MOVED_TO_RUN.items():
+        section = params
+        for key in path[:-1]:
+            section = section.get(key) if isinstance(section, dict) else None
+        if isinstance(section, dict) and path[-1] in section:
+            old = ".".join(path)
+            raise ConfigError(
+                f"params: {old} is now {new} (a run setting: changing it reruns nothing); move it there"
+            )
     schema = _load_schema()
     resolved = _fill_defaults(copy.deepcopy(params), schema)
     try:
@@ -155,7 +176,7 @@ class VAETrainConfig:
     kl_balance: bool
     weight_decay_norm: float
     grad_clip: float | None
-    checkpoint_every: int
+    checkpoint_every: int  # = run.checkpoint_every
     num_processes: int
 
 
@@ -204,7 +225,7 @@ class NCEConfig:
     val_fraction: float
     test_fraction: float
     buffer_shards: int
-    checkpoint_every: int
+    checkpoint_every: int  # = run.nce_checkpoint_every
 
 
 @dataclass(frozen=True)
@@ -216,7 +237,7 @@ class SampleConfig:
     temperature: float
     methods: tuple[str, ...]
     sir_num_proposals: int
-    sir_chunk_size: int
+    sir_chunk_size: int  # = run.sir_chunk_size
     ld_num_steps: int
     ld_step_size: float
     grid_size: int
@@ -281,12 +302,40 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class RunConfig:
+    """How jobs execute (device, threads, checkpoint frequency, grids, memory); no result depends on it."""
+
+    device: str
+    threads: int
+    checkpoint_every: int
+    nce_checkpoint_every: int
+    sir_chunk_size: int
+    grid_temperature: float
+    grid_size: int
+    mem_mb: dict
+
+
+def _with_run_settings(params: dict) -> dict:
+    """The science sections with the run settings the stage modules read in place (those fields of
+    VAETrainConfig and SampleConfig are filled from `run`, never from the science sections)."""
+    params = copy.deepcopy(params)
+    run = params["run"]
+    params["vae"]["train"]["checkpoint_every"] = run["checkpoint_every"]
+    params["nce"]["checkpoint_every"] = run["nce_checkpoint_every"]
+    params["sample"]["temperature"] = run["grid_temperature"]
+    params["sample"]["grid_size"] = run["grid_size"]
+    params["sample"]["sir"]["chunk_size"] = run["sir_chunk_size"]
+    return params
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """All sections of one experiment, typed."""
 
     experiment: str
     seed: int
-    device: str
+    device: str  # = run.device
+    run: RunConfig
     paper_tables: tuple[str, ...]
     paper_row: str | None
     paper: dict  # the whole `paper` section: tables, row, sub-experiments, Table 8's sweep
@@ -300,11 +349,12 @@ class ExperimentConfig:
     @classmethod
     def from_params(cls, params: dict) -> ExperimentConfig:
         """Build from a params dict (defaults are filled and values validated first)."""
-        params = resolve_params(params)
+        params = _with_run_settings(resolve_params(params))
         return cls(
             experiment=params["experiment"],
             seed=params["seed"],
-            device=params["device"],
+            device=params["run"]["device"],
+            run=_build(RunConfig, params["run"]),
             paper_tables=tuple(params["paper"]["tables"]),
             paper_row=params["paper"]["row"],
             paper=params["paper"],

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -230,16 +231,15 @@ def _cli_args(
     data: DataConfig, vae: VAEConfig, seed: int, device: str, train_data: Path, out: Path, work_dir: Path
 ) -> list[str]:
     """The `ncp` arguments that run this same stage (the params as JSON, like Snakemake passes them)."""
-    params = {
-        "seed": seed,
-        "device": device,
-        "data": dataclasses.asdict(data),
-        "vae": dataclasses.asdict(vae),
-    }
+    vae_section = dataclasses.asdict(vae)
+    run = {"device": device, "checkpoint_every": vae_section["train"].pop("checkpoint_every")}
+    params = {"seed": seed, "run": run, "data": dataclasses.asdict(data), "vae": vae_section}
     return [
         "train-vae",
         "--params-json",
         json.dumps(params),
+        "--threads",  # each process gets the parent's threads (ncp.runtime.set_threads exported them)
+        os.environ.get("OMP_NUM_THREADS", "1"),
         "--train-data",
         str(train_data),
         "--out",

@@ -25,22 +25,21 @@ SCHEMA = REPO / "ncp" / "params.schema.yaml"
 
 # Everything after stage 1 at toy size: the DAG runs in well under a minute on 2 CPU cores.
 TINY = {
-    "device": "cpu",
+    "run": {"device": "cpu", "checkpoint_every": 4, "sir_chunk_size": 4, "grid_size": 16},
     "paper": {
         "tables": ["table6", "table9"],
         "experiments": {"table2": [], "table7": []},
         "table8": {"sir_num_proposals": [], "ld_num_steps": []},
     },  # none of the default's sub-experiments
     "data": {"name": "mnist5k", "train_limit": 256, "test_limit": 64},
-    "vae": {"train": {"epochs": 1, "batch_size": 32, "checkpoint_every": 4}},
+    "vae": {"train": {"epochs": 1, "batch_size": 32}},
     "cache": {"passes": 1, "batch_size": 128},
     "nce": {"hidden": 16, "num_blocks": 1, "epochs": 2, "batch_size": 64},
     "sample": {
         "num_samples": 64,
         "batch_size": 32,
         "methods": ["sir"],
-        "sir": {"num_proposals": 8, "chunk_size": 4},
-        "grid_size": 16,
+        "sir": {"num_proposals": 8},
     },
     "evaluate": {
         "fid": {"features": "domain", "domain_epochs": 1, "reference_images": 256},

@@ -60,7 +60,7 @@ def test_missing_params_file_is_a_clear_error(tmp_path):
 def test_each_stage_reads_only_its_sections():
     params = resolve_params({})
     nce = stage_params(params, "train-nce")
-    assert set(nce) == {"seed", "device", "nce"}
+    assert set(nce) == {"seed", "nce"}
     assert "nce" not in stage_params(params, "sample") and "cache" not in stage_params(params, "train-nce")
     assert set(STAGE_SECTIONS) >= {
         "prepare-data",

@@ -25,11 +25,11 @@ GLOBAL_BATCH = 8
 TORCHRUN_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
-def _tiny_params(**train) -> dict:
+def _tiny_params(checkpoint_every: int = 200, **train) -> dict:
     """Params of a tiny MLP VAE (no BatchNorm) trained on the CPU."""
     return {
         "seed": 3,
-        "device": "cpu",
+        "run": {"device": "cpu", "checkpoint_every": checkpoint_every},
         "data": {"name": "mnist5k"},
         "vae": {"arch": "mlp", "mlp": {"hidden": 16, "latent_dim": 4}, "train": {"lr": 1e-2, **train}},
     }

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 MICRO = [REPO / "params/default.yaml", REPO / "params/test/micro.yaml"]
 
 # 256 images, batches of 64, 2 epochs: 8 NVAE steps, the resume state written after every step.
-RESUME_OVERLAY = "vae:\n  train:\n    epochs: 2\n    batch_size: 64\n    checkpoint_every: 1\n"
+RESUME_OVERLAY = "vae:\n  train:\n    epochs: 2\n    batch_size: 64\nrun:\n  checkpoint_every: 1\n"
 
 
 def _env() -> dict:
@@ -94,7 +94,8 @@ def _mlp_params(tmp_path: Path, epochs: int = 2) -> list[Path]:
         "vae:\n  arch: mlp\n  mlp: {image_size: 32, crop_size: 28, latent_dim: 4, hidden: 16,"
         " num_hidden_layers: 1}\n"
         f"  train: {{epochs: {epochs}, batch_size: 64, optimizer: adam, lr: 0.001,"
-        " checkpoint_every: 2, kl_anneal_portion: 0.0}\n"
+        " kl_anneal_portion: 0.0}\n"
+        "run: {checkpoint_every: 2}\n"
     )
     return [*MICRO, overlay]
 

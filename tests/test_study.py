@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import yaml
 
-from ncp.config import ConfigError, SampleConfig, resolve_params
+from ncp.config import ConfigError, ExperimentConfig, resolve_params
 from ncp.workflow.study import (
     parse_variant,
     sharing_owner,
@@ -31,7 +31,7 @@ def _default_like(tmp_path):
         tmp_path / "overlays" / "mlp.yaml",
         {
             "experiment": "mlp_vae",
-            "device": "cpu",
+            "run": {"device": "cpu"},
             "vae": {"arch": "mlp"},
             "paper": {"tables": ["table2"], "row": "single-group MLP", "experiments": {"table7": ["x.yaml"]}},
         },
@@ -63,14 +63,14 @@ def test_main_first_then_sub_experiments_with_overlays_applied(tmp_path):
     assert (mlp.table, groups.table) == ("table2", "table7")
     assert mlp.overlay == str(tmp_path / "overlays" / "mlp.yaml")
     # the overlay's values applied ...
-    assert mlp.params["vae"]["arch"] == "mlp" and mlp.params["device"] == "cpu"
+    assert mlp.params["vae"]["arch"] == "mlp" and mlp.params["run"]["device"] == "cpu"
     assert groups.params["vae"]["nvae"] == {"num_latent_scales": 2, "num_groups_per_scale": 1}
     assert groups.params["data"]["train_limit"] == 100
     # ... the main's kept elsewhere, and the main's params left untouched
     assert mlp.params["seed"] == groups.params["seed"] == 3
     assert mlp.params["sample"]["sir"]["num_proposals"] == 77
     assert mlp.params["vae"]["nvae"] == {"num_latent_scales": 2, "num_groups_per_scale": 2}
-    assert groups.params["device"] == "auto"
+    assert groups.params["run"]["device"] == "auto"
     assert params["vae"]["arch"] == "nvae" and params["vae"]["nvae"]["num_groups_per_scale"] == 2
     # sub-experiments gather nothing themselves: no tables, no sub-experiments, no sweep
     for sub in (mlp, groups):
@@ -133,7 +133,7 @@ def test_sweep_keeps_the_runs_own_setting_plain():
 
 
 def test_parse_variant_round_trip_onto_the_sample_config():
-    sample = SampleConfig.from_section(resolve_params({})["sample"])
+    sample = ExperimentConfig.from_params({}).sample
     expected = {
         "base": ("base", {}),
         "sir": ("sir", {}),
@@ -214,8 +214,8 @@ def test_sharing_owner_follows_the_stage_params(tmp_path):
     experiments = study_experiments(_default_like(tmp_path))
     # the MLP sub-experiment has main's seed and data: it shares main's data splits ...
     assert sharing_owner(experiments, "main/table2/mlp_vae", "prepare-data") == "main"
-    # ... but not its FID features, whose params include the device it changed
-    assert sharing_owner(experiments, "main/table2/mlp_vae", "evaluate-features") == "main/table2/mlp_vae"
+    # ... and its FID features: the device it changed is a run setting, not a param of any stage
+    assert sharing_owner(experiments, "main/table2/mlp_vae", "evaluate-features") == "main"
     # other data (train_limit 100): its own folder
     assert sharing_owner(experiments, "main/table7/groups_2", "prepare-data") == "main/table7/groups_2"
     assert sharing_owner(experiments, "main", "prepare-data") == "main"

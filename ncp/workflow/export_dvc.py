@@ -12,8 +12,10 @@ Snakemake holds the DAG; DVC versions what it produces. Each generated stage
 - declares the job's outputs: JSON under results/*/metrics/ as `metrics:`, the rest as `outs:`. All are
   cached: results/*/ is git-ignored, so a `cache: false` output would be kept by neither git nor DVC.
 The job graph comes from Snakemake's DAG, which its public API does not expose; we call the private
-`Workflow._prepare_dag` / `_build_dag` (as `snakemake --d3dag` does), so snakemake's minor version is
-pinned in pyproject.toml and tests/test_dvc.py covers this module.
+`Workflow._prepare_dag` / `_build_dag` (as `snakemake --d3dag` does). Only this command needs them,
+so Snakemake is not pinned for the workflow; a release that changes them makes this command stop with
+a one-line error naming the versions it was tested with (TESTED_SNAKEMAKE) and the pip command to get
+one, not a traceback. tests/test_dvc.py covers this module.
 """
 
 from __future__ import annotations
@@ -114,6 +116,25 @@ def workflow_graph(configfiles: Sequence[str | Path] = (), workdir: str | Path =
         os.chdir(cwd)
 
 
+TESTED_SNAKEMAKE = ("9.20", "9.27")  # dvc.yaml was byte-identical with both
+TESTED_PIN = "snakemake>=9.20,<9.28"
+
+
+class SnakemakeInternalsChanged(ValueError):
+    """The installed Snakemake no longer has the private DAG internals this command reads."""
+
+
+def _internals_error(error: Exception) -> SnakemakeInternalsChanged:
+    import snakemake
+
+    low, high = TESTED_SNAKEMAKE
+    return SnakemakeInternalsChanged(
+        f"snakemake {snakemake.__version__} changed the private DAG internals this command reads "
+        f"({type(error).__name__}: {error}); it was tested with snakemake {low} to {high}: "
+        f"pip install '{TESTED_PIN}' and rerun it"
+    )
+
+
 def _graph(snakemake_api, cli_files: list[Path], root: Path) -> WorkflowGraph:
     """Parse the workflow, build its DAG with every job forced, and read the jobs off it."""
     from snakemake.settings.types import ConfigSettings, DAGSettings, ResourceSettings
@@ -125,9 +146,7 @@ def _graph(snakemake_api, cli_files: list[Path], root: Path) -> WorkflowGraph:
             workdir=root,
         )
         workflow_api.dag(DAGSettings(forceall=True))
-        workflow = workflow_api._workflow  # private: the only way to the job graph (see module docstring)
-        workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True, nolock=True)
-        workflow._build_dag()
+        workflow = _built_workflow(workflow_api)
         rule_order = {rule.name: index for index, rule in enumerate(workflow.rules)}
         jobs = []
         for level in workflow.dag.toposorted():
@@ -151,6 +170,19 @@ def _graph(snakemake_api, cli_files: list[Path], root: Path) -> WorkflowGraph:
         read = [_relative(f, root) for f in workflow.configfiles]
     params_files = tuple(dict.fromkeys([f for f in read if f not in cli_rel] + cli_rel))
     return WorkflowGraph(jobs=tuple(jobs), params_files=params_files, cli_configfiles=tuple(cli_rel))
+
+
+def _built_workflow(workflow_api):
+    """The parsed workflow with its DAG built, through Snakemake's private internals (the only way to the
+    job graph, see the module docstring); a one-line error if they changed."""
+    try:
+        workflow = workflow_api._workflow
+        workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True, nolock=True)
+        workflow._build_dag()
+        workflow.dag.toposorted  # noqa: B018 (read below; checked here)
+    except (AttributeError, TypeError) as error:  # what a renamed or re-shaped internal raises
+        raise _internals_error(error) from None
+    return workflow
 
 
 def stage_command(job: JobSpec, cli_configfiles: Sequence[str]) -> str:

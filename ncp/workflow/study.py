@@ -42,12 +42,23 @@ def _read_overlay(path: str) -> dict:
     return content
 
 
-def study_experiments(params: dict) -> list[Experiment]:
-    """The main experiment first, then each sub-experiment of ``paper.experiments`` (params resolved)."""
+def _find_overlay(path: str, repo: str | Path | None) -> str:
+    """``path`` as given when it exists from here, else under ``repo`` (a work directory elsewhere,
+    `snakemake -d /scratch/run`, still finds the repository's params/ files)."""
+    if Path(path).is_file() or repo is None or Path(path).is_absolute():
+        return path
+    in_repo = Path(repo) / path
+    return str(in_repo) if in_repo.is_file() else path
+
+
+def study_experiments(params: dict, repo: str | Path | None = None) -> list[Experiment]:
+    """The main experiment first, then each sub-experiment of ``paper.experiments`` (params resolved).
+    Overlay paths are relative to the working directory or, failing that, to ``repo``."""
     main = Experiment(params["experiment"], params)
     found = [main]
     for table, overlays in params["paper"]["experiments"].items():
-        for path in overlays:
+        for given in overlays:
+            path = _find_overlay(given, repo)
             overlay = _read_overlay(path)
             label = str(overlay.get("experiment") or Path(path).stem)
             sub = deep_merge(params, overlay)
@@ -62,6 +73,30 @@ def study_experiments(params: dict) -> list[Experiment]:
                 raise ConfigError(f"paper.experiments.{table}: two overlays are both named {label!r}")
             found.append(Experiment(resolved["experiment"], resolved, overlay=path, table=table))
     return found
+
+
+def overlay_study(params: dict, default_file: str | Path, overlay_files: list[str | Path]) -> dict:
+    """``params`` (the default file with the overlays merged in, as Snakemake merges configfiles) with the
+    default's study and run settings taken out: an overlay inherits the default's science, not its
+    `paper` section (its tables, rows, sub-experiments and Table 8 sweep belong to the default experiment
+    alone) nor its `run` section (sized for the small CPU default: 2 threads, a few GB, where the schema's
+    defaults fit the paper's configs). With overlays given, both are what the overlays say; without, the
+    default's.
+
+    So `--configfile x.yaml` with `experiment: x` runs just x, unless x.yaml lists sub-experiments or a
+    sweep of its own (what `paper` gave before an overlay file replaced the default).
+    """
+    default = Path(default_file).resolve()
+    overlays = [Path(f) for f in overlay_files if Path(f).resolve() != default]
+    if not overlays:
+        return params
+    own: dict = {"paper": {}, "run": {}}
+    for path in overlays:
+        content = yaml.safe_load(path.read_text()) or {}
+        for section in own:
+            if isinstance(content, dict) and isinstance(content.get(section), dict):
+                own[section] = deep_merge(own[section], content[section])
+    return {**params, **own}
 
 
 def written_tables(params: dict) -> list[str]:

@@ -1,4 +1,6 @@
-# Validation, result paths and the per-stage params; no logic beyond what wiring needs.
+# Validation, result paths, the per-stage params and the run settings; no logic beyond what wiring needs.
+import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -6,7 +8,10 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from ncp.config import ConfigError, num_latent_groups, resolve_params, stage_params_json
+from ncp.gpu_slots import visible_gpus
+from ncp.workflow.code_deps import stage_code
 from ncp.workflow.study import (
+    overlay_study,
     sharing_owner,
     study_experiments,
     sweep_variants,
@@ -15,24 +20,28 @@ from ncp.workflow.study import (
     written_tables,
 )
 
-
-def _cuda_available():
-    import torch
-
-    return torch.cuda.is_available()
-
-
+# The SLURM profile says its GPU jobs run on GPU nodes (`--config cluster_gpus=true`): a dry run on a
+# login node could not tell otherwise (Snakemake runs it with its dry-run executor, not the cluster's).
+CLUSTER_GPUS = bool(config.pop("cluster_gpus", False))
+# An overlay (--configfile x.yaml) inherits params/default.yaml's science, not its study (`paper`) or
+# its run settings (`run`, sized for the small CPU default).
+_overlay_config = dict(overlay_study(config, DEFAULT_PARAMS, workflow.overwrite_configfiles))
+for _section in ("paper", "run"):  # --config paper=... / run=... still apply
+    if _section in (workflow.config_settings.overwrite_config or {}):
+        _overlay_config[_section] = workflow.config_settings.overwrite_config[_section]
+config.clear()
+config.update(_overlay_config)
 try:
     PARAMS = resolve_params(config)  # the same defaults and checks `ncp <stage>` applies
 except ConfigError as error:
     # One line where the user looks, naming the params files (Snakemake's own report is ~10 lines).
-    files = " + ".join(["params/default.yaml"] + [str(f) for f in workflow.overwrite_configfiles])
+    files = " + ".join([DEFAULT_PARAMS] + [str(f) for f in workflow.overwrite_configfiles])
     sys.exit(f"snakemake: {error} (in {files})")
 validate(config, "../../ncp/params.schema.yaml")  # fills the defaults into `config` too
 MAIN = PARAMS["experiment"]
 # This run and the sub-experiments its paper tables gather (Tables 1, 2 and 7; see ncp/workflow/study.py): every
 # pipeline rule works for any of them through the {experiment} wildcard.
-EXPERIMENTS = {e.name: e for e in study_experiments(PARAMS)}
+EXPERIMENTS = {e.name: e for e in study_experiments(PARAMS, repo=REPO)}
 RESULTS = "results/{experiment}"
 MAIN_RESULTS = f"results/{MAIN}"
 SAMPLE_METHODS = ["base"] + list(PARAMS["sample"]["methods"])  # this run's
@@ -82,73 +91,84 @@ def samples(wildcards):
     return expand(f"results/{wildcards.experiment}/samples/{{method}}.pt", method=methods)
 
 
-# Jobs that run on the GPU ask for one where a GPU will be used, so the profile's `gpu` resource caps
-# how many run at once; on a CPU-only machine they ask for none and run side by side.
-GPU_PER_JOB = int(PARAMS["device"] != "cpu" and _cuda_available())
+def run_settings(experiment):
+    """The `run` section of ``experiment`` (device, threads, ...): how its jobs execute."""
+    return EXPERIMENTS[experiment].params["run"]
 
-# The ncp/ modules each stage runs: declared as inputs, so a code change reruns exactly its jobs.
-_SHARED_CODE = ["ncp/config.py", "ncp/runtime.py", "ncp/cli.py", "ncp/params.schema.yaml"]
-_MODEL_CODE = ["ncp/models/base.py", "ncp/models/registry.py"] + sorted(
-    str(p)
-    for p in Path("ncp/models").rglob("*.py")
-    if p.name not in ("base.py", "registry.py", "__init__.py")
-)
-_PRIOR_CODE = [
-    "ncp/priors/classifiers.py",
-    "ncp/priors/ncp_prior.py",
-    "ncp/priors/checkpoints.py",
-    "ncp/priors/latent_cache.py",
-]
-STAGE_CODE = {
-    "prepare-data": _SHARED_CODE + ["ncp/prepare_data.py", "ncp/data/datasets.py"],
-    "train-vae": _SHARED_CODE
-    + _MODEL_CODE
-    + ["ncp/train_vae.py", "ncp/training_state.py", "ncp/data/datasets.py", "ncp/priors/gmm.py"],
-    "cache-latents": _SHARED_CODE
-    + _MODEL_CODE
-    + _PRIOR_CODE
-    + ["ncp/cache_latents.py", "ncp/data/datasets.py"],
-    "train-nce": _SHARED_CODE
-    + _MODEL_CODE
-    + _PRIOR_CODE
-    + [
-        "ncp/train_nce.py",
-        "ncp/priors/nce.py",
-        "ncp/priors/latent_stream.py",
-        "ncp/data/datasets.py",
-    ],
-    "sample": _SHARED_CODE
-    + _MODEL_CODE
-    + _PRIOR_CODE
-    + ["ncp/sample.py", "ncp/workflow/study.py", "ncp/samplers/sir.py", "ncp/samplers/langevin.py"],
-    "evaluate": _SHARED_CODE
-    + _MODEL_CODE
-    + _PRIOR_CODE
-    + [
-        "ncp/evaluate.py",
-        "ncp/data/datasets.py",
-        "ncp/metrics/fid.py",
-        "ncp/metrics/feature_nets.py",
-        "ncp/metrics/mmd.py",
-        "ncp/metrics/nll.py",
-        "ncp/metrics/log_z.py",
-        "ncp/metrics/neighbours.py",
-        "ncp/provenance.py",
-    ],
-    "tables": _SHARED_CODE
-    + [
-        "ncp/tables.py",
-        "ncp/paper_tables.py",
-        "ncp/workflow/study.py",
-        "ncp/paper_results.yaml",
-        "ncp/provenance.py",
-    ],
-}
+
+# Run settings reach the jobs through one JSON file per experiment (`--run-json`), written when the
+# workflow starts executing. They are in no rule's params or inputs, and the shell command names the
+# file only through the {experiment} wildcard, so neither Snakemake's params, input nor code trigger
+# sees them: changing a run setting reruns nothing that is finished (the next jobs use the new values).
+RUN_JSON = ".snakemake/ncp-run/{wildcards.experiment}.json"  # the shell commands name it literally
+
+
+def write_run_settings():
+    for name, experiment in EXPERIMENTS.items():
+        path = Path(RUN_JSON.format(wildcards=type("W", (), {"experiment": name})))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(experiment.params["run"], sort_keys=True, indent=2) + "\n")
+        os.replace(tmp, path)
+
+
+# `ncp <stage>` ends itself if this Snakemake process ends before it (see ncp.runtime.exit_with_workflow).
+os.environ.update(NCP_WORKFLOW_PID=str(os.getpid()))
+
+
+def _gpus_here():
+    if CLUSTER_GPUS or workflow.non_local_exec or workflow.remote_exec:
+        return True  # a cluster job: the compute node has GPUs even where this login node has none
+    return bool(visible_gpus())
+
+
+# A local run caps its GPU jobs at the GPUs this machine shows (CUDA_VISIBLE_DEVICES respected) unless
+# --resources gpu=N says otherwise; each job then claims a GPU of its own (ncp/gpu_slots.py). Not set in
+# the default profile: Snakemake applies that profile over --profile slurm, whose cap would be lost.
+if not (workflow.non_local_exec or workflow.remote_exec) and "gpu" not in workflow.global_resources:
+    workflow.register_resource("gpu", len(visible_gpus()))
+
+
+_GPUS_HERE = None
+
+
+def gpus(count=1):
+    """A GPU job's `gpu` resource: ``count`` GPUs unless its experiment runs on the CPU (`run.device:
+    cpu`) or no GPU is there to use. The `gpu` resource caps how many GPU jobs run at once
+    (`--resources gpu=N`; on SLURM it becomes --gpus); each job then claims its own GPU (ncp/gpu_slots.py)."""
+
+    def request(wildcards):
+        global _GPUS_HERE
+        if run_settings(wildcards.experiment)["device"] == "cpu":
+            return 0
+        if _GPUS_HERE is None:
+            _GPUS_HERE = _gpus_here()
+        if not _GPUS_HERE:
+            return 0
+        return count(wildcards) if callable(count) else count
+
+    return request
+
+
+def job_threads(multiplier=None):
+    """A compute job's threads: its experiment's `run.threads` (times its processes for DDP training)."""
+    return lambda wildcards: run_settings(wildcards.experiment)["threads"] * (
+        multiplier(wildcards) if multiplier else 1
+    )
+
+
+def mem_mb(kind):
+    """A job's memory request (MB) from its experiment's `run.mem_mb`."""
+    return lambda wildcards: run_settings(wildcards.experiment)["mem_mb"][kind]
+
+
+def training_processes(wildcards):
+    return experiment_params(wildcards)["vae"]["train"]["num_processes"]
 
 
 def code(stage):
-    """The code files a stage runs (a Snakemake input)."""
-    return [path for path in STAGE_CODE[stage] if Path(path).exists()]
+    """The code files a stage runs (a Snakemake input): its module and the ncp/ modules it imports."""
+    return stage_code(stage, relative_to=Path.cwd())
 
 
 def sweep_sample_count(wildcards):

@@ -8,9 +8,12 @@ rule prepare_data:
         test=f"{RESULTS}/data/test.pt",
     log:
         f"{RESULTS}/logs/prepare_data.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/prepare_data.tsv"
     conda:
         "../envs/ncp.yaml"
+    threads: 1
     params:
         cfg=params_json("prepare-data"),
     shell:
-        "ncp prepare-data --params-json {params.cfg:q} --train-out {output.train} --test-out {output.test} --log {log}"
+        "ncp prepare-data --run-json .snakemake/ncp-run/{wildcards.experiment}.json --threads {threads} --params-json {params.cfg:q} --train-out {output.train} --test-out {output.test} --log {log}"

@@ -9,14 +9,18 @@ rule fid_features:
         network=f"{RESULTS}/features/network.pt",
     log:
         f"{RESULTS}/logs/fid_features.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/fid_features.tsv"
     conda:
         "../envs/ncp.yaml"
+    threads: job_threads()
     resources:
-        gpu=GPU_PER_JOB,
+        gpu=gpus(),
+        mem_mb=mem_mb("evaluate"),
     params:
         cfg=params_json("evaluate-features"),
     shell:
-        "ncp evaluate features --params-json {params.cfg:q} --train-data {input.train} "
+        "ncp evaluate features --run-json .snakemake/ncp-run/{wildcards.experiment}.json --threads {threads} --params-json {params.cfg:q} --train-data {input.train} "
         "--test-data {input.test} --out {output.features} --log {log}"
 
 
@@ -34,14 +38,18 @@ rule evaluate_fid:
         metrics=f"{RESULTS}/metrics/fid.json",
     log:
         f"{RESULTS}/logs/evaluate_fid.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate_fid.tsv"
     conda:
         "../envs/ncp.yaml"
+    threads: job_threads()
     resources:
-        gpu=GPU_PER_JOB,
+        gpu=gpus(),
+        mem_mb=mem_mb("evaluate"),
     params:
         cfg=params_json("evaluate"),
     shell:
-        "ncp evaluate fid --params-json {params.cfg:q} --features {input.features} --samples {input.samples} "
+        "ncp evaluate fid --run-json .snakemake/ncp-run/{wildcards.experiment}.json --threads {threads} --params-json {params.cfg:q} --features {input.features} --samples {input.samples} "
         "--checkpoint {input.checkpoint} --train-data {input.train} --out {output.metrics} --log {log}"
 
 
@@ -57,14 +65,18 @@ rule evaluate_mmd:
         metrics=f"{RESULTS}/metrics/mmd.json",
     log:
         f"{RESULTS}/logs/evaluate_mmd.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate_mmd.tsv"
     conda:
         "../envs/ncp.yaml"
+    threads: job_threads()
     resources:
-        gpu=GPU_PER_JOB,
+        gpu=gpus(),
+        mem_mb=mem_mb("evaluate_mmd"),
     params:
         cfg=params_json("evaluate"),
     shell:
-        "ncp evaluate mmd --params-json {params.cfg:q} --checkpoint {input.checkpoint} "
+        "ncp evaluate mmd --run-json .snakemake/ncp-run/{wildcards.experiment}.json --threads {threads} --params-json {params.cfg:q} --checkpoint {input.checkpoint} "
         "--test-data {input.test} --samples {input.samples} --out {output.metrics} --log {log}"
 
 
@@ -84,12 +96,14 @@ rule evaluate_nll:
         f"{RESULTS}/benchmarks/evaluate_nll.tsv"
     conda:
         "../envs/ncp.yaml"
+    threads: job_threads()
     resources:
-        gpu=GPU_PER_JOB,
+        gpu=gpus(),
+        mem_mb=mem_mb("evaluate"),
     params:
         cfg=params_json("evaluate"),
     shell:
-        "ncp evaluate nll --params-json {params.cfg:q} --checkpoint {input.checkpoint} "
+        "ncp evaluate nll --run-json .snakemake/ncp-run/{wildcards.experiment}.json --threads {threads} --params-json {params.cfg:q} --checkpoint {input.checkpoint} "
         "--classifiers {input.classifiers} --test-data {input.test} --out {output.metrics} --log {log}"
 
 
@@ -104,14 +118,18 @@ rule evaluate_fid_setting:
         metrics=f"{RESULTS}/metrics/fid/{{method}}.json",
     log:
         f"{RESULTS}/logs/evaluate_fid_{{method}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate_fid_{{method}}.tsv"
     conda:
         "../envs/ncp.yaml"
+    threads: job_threads()
     resources:
-        gpu=GPU_PER_JOB,
+        gpu=gpus(),
+        mem_mb=mem_mb("evaluate"),
     params:
         cfg=params_json("evaluate"),
     shell:
-        "ncp evaluate fid --params-json {params.cfg:q} --features {input.features} --samples {input.samples} "
+        "ncp evaluate fid --run-json .snakemake/ncp-run/{wildcards.experiment}.json --threads {threads} --params-json {params.cfg:q} --features {input.features} --samples {input.samples} "
         "--out {output.metrics} --log {log}"
 
 
@@ -127,10 +145,13 @@ rule nearest_neighbours:
         ),
     log:
         f"{RESULTS}/logs/nearest_neighbours.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/nearest_neighbours.tsv"
     conda:
         "../envs/ncp.yaml"
+    threads: job_threads()
     params:
         cfg=params_json("evaluate"),
     shell:
-        "ncp evaluate neighbours --params-json {params.cfg:q} --samples {input.samples} --train-data {input.train} "
+        "ncp evaluate neighbours --run-json .snakemake/ncp-run/{wildcards.experiment}.json --threads {threads} --params-json {params.cfg:q} --samples {input.samples} --train-data {input.train} "
         "--out {output.figure} --log {log}"

@@ -21,11 +21,13 @@ rule sample:
         method=r"base|sir|ld|sir_m\d+|ld_t\d+",
     conda:
         "../envs/ncp.yaml"
+    threads: job_threads()
     resources:
-        gpu=GPU_PER_JOB,
+        gpu=gpus(),
+        mem_mb=mem_mb("sample"),
     params:
         cfg=params_json("sample"),
         images=sweep_sample_count,
     shell:
-        "ncp sample --params-json {params.cfg:q} --method {wildcards.method} --checkpoint {input.checkpoint} "
+        "ncp sample --run-json .snakemake/ncp-run/{wildcards.experiment}.json --threads {threads} --params-json {params.cfg:q} --method {wildcards.method} --checkpoint {input.checkpoint} "
         "--classifiers {input.classifiers} --out {output.samples} --grid {output.grid} {params.images} --log {log}"

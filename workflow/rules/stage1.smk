@@ -12,12 +12,13 @@ rule train_vae:
         f"{RESULTS}/benchmarks/train_vae.tsv"
     conda:
         "../envs/ncp.yaml"
+    threads: job_threads(training_processes)
     resources:
-        # vae.train.num_processes > 1: one DDP process per GPU (ncp train-vae starts torchrun itself)
-        gpu=lambda wildcards: GPU_PER_JOB * experiment_params(wildcards)["vae"]["train"]["num_processes"],
+        gpu=gpus(training_processes),
+        mem_mb=mem_mb("train_vae"),
     params:
         cfg=params_json("train-vae"),
         work_dir=f"{RESULTS}/work/vae",
     shell:
-        "ncp train-vae --params-json {params.cfg:q} --train-data {input.train} "
+        "ncp train-vae --run-json .snakemake/ncp-run/{wildcards.experiment}.json --threads {threads} --params-json {params.cfg:q} --train-data {input.train} "
         "--out {output.checkpoint} --work-dir {params.work_dir} --log {log}"

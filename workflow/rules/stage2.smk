@@ -11,15 +11,19 @@ rule cache_latents:
         latents=directory(f"{RESULTS}/latents"),
     log:
         f"{RESULTS}/logs/cache_latents.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/cache_latents.tsv"
     conda:
         "../envs/ncp.yaml"
+    threads: job_threads()
     resources:
-        gpu=GPU_PER_JOB,
+        gpu=gpus(),
+        mem_mb=mem_mb("cache_latents"),
     params:
         cfg=params_json("cache-latents"),
         files=lambda wildcards, output: [f"{output.latents}/group_{k}" for k in groups(wildcards)],
     shell:
-        "ncp cache-latents --params-json {params.cfg:q} --checkpoint {input.checkpoint} "
+        "ncp cache-latents --run-json .snakemake/ncp-run/{wildcards.experiment}.json --threads {threads} --params-json {params.cfg:q} --checkpoint {input.checkpoint} "
         "--train-data {input.train} --out {params.files} --log {log}"
 
 
@@ -41,13 +45,15 @@ rule train_nce:
         f"{RESULTS}/benchmarks/train_nce_{{group}}.tsv"
     conda:
         "../envs/ncp.yaml"
+    threads: job_threads()
     resources:
-        gpu=GPU_PER_JOB,
+        gpu=gpus(),
+        mem_mb=mem_mb("train_nce"),
     params:
         cfg=params_json("train-nce"),
         latents=lambda wildcards, input: f"{input.latents}/group_{wildcards.group}",
         work_dir=lambda wildcards: f"results/{wildcards.experiment}/work/nce_group_{wildcards.group}",
     shell:
-        "ncp train-nce --params-json {params.cfg:q} --latents {params.latents} "
+        "ncp train-nce --run-json .snakemake/ncp-run/{wildcards.experiment}.json --threads {threads} --params-json {params.cfg:q} --latents {params.latents} "
         "--checkpoint {input.checkpoint} --train-data {input.train} --out {output.classifier} "
         "--metrics-out {output.metrics} --work-dir {params.work_dir} --log {log}"
