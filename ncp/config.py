@@ -119,6 +119,20 @@ class DataConfig:
     download: bool
     train_limit: int | None
     test_limit: int | None
+    image_size: int | None
+    grayscale: bool
+    test_fraction: float
+    split_seed: int
+    synthetic_if_missing: bool
+
+    def folder_options(self) -> dict:
+        """The options of the ``folder`` dataset, as ``load_dataset`` takes them."""
+        return {
+            "image_size": self.image_size,
+            "grayscale": self.grayscale,
+            "test_fraction": self.test_fraction,
+            "split_seed": self.split_seed,
+        }
 
 
 @dataclass(frozen=True)
@@ -140,6 +154,7 @@ class VAETrainConfig:
     grad_clip: float | None
     checkpoint_every: int
     num_processes: int
+    max_steps: int | None
 
 
 @dataclass(frozen=True)
@@ -199,6 +214,7 @@ class SampleConfig:
     ld_step_size: float
     grid_size: int
     ld_step_scaling: str = "prior_variance"
+    timed_batch_sizes: tuple[int, ...] = (1, 10)  # the schema default; a default here for the field order
 
     @classmethod
     def from_section(cls, section: dict) -> SampleConfig:
@@ -213,6 +229,7 @@ class SampleConfig:
             ld_step_size=section["ld"]["step_size"],
             ld_step_scaling=section["ld"]["step_scaling"],
             grid_size=section["grid_size"],
+            timed_batch_sizes=tuple(section["timed_batch_sizes"]),
         )
 
 

@@ -21,7 +21,14 @@ def run(data: DataConfig, seed: int, train_out: Path, test_out: Path) -> None:
         (test_split, data.test_limit, test_out),
     ):
         image_set = load_dataset(
-            data.name, root=data.root, split=split, limit=limit, seed=seed, download=data.download
+            data.name,
+            root=data.root,
+            split=split,
+            limit=limit,
+            seed=seed,
+            download=data.download,
+            folder_options=data.folder_options(),
+            synthetic_if_missing=data.synthetic_if_missing,
         )
         save_image_set(image_set, out)
         print(

@@ -89,7 +89,8 @@ _MODEL_CODE = ["ncp/models/base.py", "ncp/models/registry.py"] + sorted(
 )
 _PRIOR_CODE = ["ncp/priors/classifiers.py", "ncp/priors/ncp_prior.py", "ncp/priors/checkpoints.py"]
 STAGE_CODE = {
-    "prepare-data": _SHARED_CODE + ["ncp/prepare_data.py", "ncp/data/datasets.py"],
+    "prepare-data": _SHARED_CODE
+    + ["ncp/prepare_data.py", "ncp/data/datasets.py", "ncp/data/folders.py", "ncp/data/stand_in.py"],
     "train-vae": _SHARED_CODE
     + _MODEL_CODE
     + ["ncp/train_vae.py", "ncp/data/datasets.py", "ncp/priors/gmm.py"],
@@ -98,7 +99,13 @@ STAGE_CODE = {
     "sample": _SHARED_CODE
     + _MODEL_CODE
     + _PRIOR_CODE
-    + ["ncp/sample.py", "ncp/workflow/study.py", "ncp/samplers/sir.py", "ncp/samplers/langevin.py"],
+    + [
+        "ncp/sample.py",
+        "ncp/workflow/study.py",
+        "ncp/samplers/sir.py",
+        "ncp/samplers/langevin.py",
+        "ncp/model_origin.py",
+    ],
     "evaluate": _SHARED_CODE
     + _MODEL_CODE
     + _PRIOR_CODE
@@ -112,6 +119,7 @@ STAGE_CODE = {
         "ncp/metrics/log_z.py",
         "ncp/metrics/neighbours.py",
         "ncp/provenance.py",
+        "ncp/model_origin.py",
     ],
     "tables": _SHARED_CODE
     + [
@@ -120,6 +128,7 @@ STAGE_CODE = {
         "ncp/workflow/study.py",
         "ncp/paper_results.yaml",
         "ncp/provenance.py",
+        "ncp/model_origin.py",
     ],
 }
 
