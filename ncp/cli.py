@@ -174,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         from ncp.workflow import export_dvc, sync
 
         return (export_dvc.main_export if argv[0] == "export-dvc" else sync.main_sync)(argv[1:])
+    if argv[:1] == ["plan"]:  # the cost plan of a params file (ncp/workflow/plan.py)
+        from ncp.workflow import plan
+
+        return plan.main_plan(argv[1:])
     args = _parser().parse_args(argv)
     terminal = _redirect_output(args.log) if getattr(args, "log", None) else sys.stderr
     try:

@@ -157,6 +157,20 @@ class DataConfig:
     download: bool
     train_limit: int | None
     test_limit: int | None
+    image_size: int | None
+    grayscale: bool
+    test_fraction: float
+    split_seed: int
+    synthetic_if_missing: bool
+
+    def folder_options(self) -> dict:
+        """The options of the ``folder`` dataset, as ``load_dataset`` takes them."""
+        return {
+            "image_size": self.image_size,
+            "grayscale": self.grayscale,
+            "test_fraction": self.test_fraction,
+            "split_seed": self.split_seed,
+        }
 
 
 @dataclass(frozen=True)
@@ -178,6 +192,7 @@ class VAETrainConfig:
     grad_clip: float | None
     checkpoint_every: int  # = run.checkpoint_every
     num_processes: int
+    max_steps: int | None
 
 
 @dataclass(frozen=True)
@@ -242,6 +257,7 @@ class SampleConfig:
     ld_step_size: float
     grid_size: int
     ld_step_scaling: str = "prior_variance"
+    timed_batch_sizes: tuple[int, ...] = (1, 10)  # the schema default; a default here for the field order
 
     @classmethod
     def from_section(cls, section: dict) -> SampleConfig:
@@ -256,6 +272,7 @@ class SampleConfig:
             ld_step_size=section["ld"]["step_size"],
             ld_step_scaling=section["ld"]["step_scaling"],
             grid_size=section["grid_size"],
+            timed_batch_sizes=tuple(section["timed_batch_sizes"]),
         )
 
 
@@ -315,7 +332,7 @@ class RunConfig:
     mem_mb: dict
 
 
-def _with_run_settings(params: dict) -> dict:
+def with_run_settings(params: dict) -> dict:
     """The science sections with the run settings the stage modules read in place (those fields of
     VAETrainConfig and SampleConfig are filled from `run`, never from the science sections)."""
     params = copy.deepcopy(params)
@@ -349,7 +366,7 @@ class ExperimentConfig:
     @classmethod
     def from_params(cls, params: dict) -> ExperimentConfig:
         """Build from a params dict (defaults are filled and values validated first)."""
-        params = _with_run_settings(resolve_params(params))
+        params = with_run_settings(resolve_params(params))
         return cls(
             experiment=params["experiment"],
             seed=params["seed"],

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ncp import model_origin
 from ncp.config import ExperimentConfig
 from ncp.data import iterate_batches, load_image_set
 from ncp.metrics.feature_nets import (
@@ -156,6 +157,7 @@ def evaluate_fid(
                 "time_10_s",
                 "peak_memory_10_bytes",
                 "diagnostics",
+                "model_origin",
             )
         } | {"num_samples": len(drawn["images"])}
     num_samples = min(
@@ -184,6 +186,7 @@ def evaluate_fid(
         "KID: std over clean-fid's random subsets",
         "methods": methods,
         "sampling": sampling,
+        "model_origin": model_origin.merge(s.get("model_origin") for s in sampling.values()),
     }
     write_json(with_provenance(record, "evaluate fid", cfg, cfg.seed, device), out)
 
@@ -282,6 +285,7 @@ def write_mmd(
         "two populations are the same distribution",
         "z_score": "(MMD^2(q, p) - MMD^2(q, p_NCP)) / its standard error: > 2 means p_NCP is closer to q",
         "ncp_closer": ncp_closer_counts(per_group),
+        "model_origin": model_origin.merge([base.get("model_origin"), ncp.get("model_origin")]),
         "per_group": per_group,
     }
     write_json(with_provenance(record, "evaluate mmd", cfg, cfg.seed, pick_device(cfg.device)), out)
@@ -347,6 +351,7 @@ def evaluate_nll(
         "paired": "both priors see the same binarisations of the test images; base_minus_ncp is the mean "
         "per-image difference, its error the images' in quadrature with log Z's",
         "log_z_error": "log_z_se = the larger of the delta-method error and the seeds' std / sqrt(seeds)",
+        "model_origin": model_origin.checkpoint_origin(model, checkpoint),
     }
     write_json(with_provenance(record, "evaluate nll", cfg, cfg.seed, device), out)
     flag = f" [indicative only: {'; '.join(log_z.warnings())}]" if log_z.warnings() else ""

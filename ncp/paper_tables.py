@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ncp import model_origin
 from ncp.config import ExperimentConfig
 from ncp.provenance import PROVENANCE_KEY, describe, provenance
 from ncp.runtime import read_json
@@ -48,6 +49,16 @@ class Run:
             if record is not None:
                 lines.append(f"{self.label}/{name}: {describe(record.get(PROVENANCE_KEY))}")
         return lines
+
+    def model_origin(self) -> dict:
+        """Decoder and data of this run's VAE, from whichever metric files it has (ncp/model_origin.py)."""
+        records = [self.read(name) for name in ("fid.json", "mmd.json", "nll.json")]
+        records += [read_json(path) for path in sorted(self.metrics_dir.glob("fid/*.json"))]
+        return model_origin.merge(record.get("model_origin") for record in records if record)
+
+    def decoder(self) -> str | None:
+        """This run's image decoder, e.g. "Gaussian" (None where no metric file says)."""
+        return self.model_origin().get("decoder")
 
     def num_groups(self) -> int:
         """Latent groups of the run: one classifier metrics file each."""
@@ -98,6 +109,7 @@ def comparison_table(paper: dict, runs: Sequence[Run], own_rows: bool) -> tuple[
                 "ours ±": lookup(summary, spread_key(row.get("ours"))) if ours is not None else None,
                 "ours - paper": None if ours is None else ours - row["value"],
                 "ours from": source.label if ours is not None else "",
+                "ours decoder": source.decoder() if ours is not None else "",
             }
         )
         if ours is None:
@@ -146,6 +158,7 @@ def groups_table(paper: dict, runs: Sequence[Run]) -> tuple[pd.DataFrame, list[s
                 "ours NCP-VAE": ncp,
                 "ours NCP-VAE ±": spread.get("sir" if fid.get("ncp_sir") is not None else "ld"),
                 "ours from": run.label,
+                "ours decoder": run.decoder(),
             }
         )
     columns = [
@@ -157,11 +170,16 @@ def groups_table(paper: dict, runs: Sequence[Run]) -> tuple[pd.DataFrame, list[s
         "ours NCP-VAE",
         "ours NCP-VAE ±",
         "ours from",
+        "ours decoder",
     ]
     frame = pd.DataFrame([table[k] for k in sorted(table)]).reindex(columns=columns)
     # ±: bootstrap spread of FID over the generated images (the paper reports none)
     missing = [f"{k} groups" for k in sorted(table) if pd.isna(frame.set_index("groups").loc[k, "ours NVAE"])]
     return frame, missing
+
+
+def _gigabytes(num_bytes: float | None) -> float | None:
+    return None if num_bytes is None else num_bytes / 1e9
 
 
 def sampler_sweep_table(
@@ -197,9 +215,13 @@ def sampler_sweep_table(
             {
                 "ours FID": scored["fid"],
                 "ours FID ±": scored.get("fid_bootstrap_std"),
-                "ours 1 img (s)": sampling["time_1_s"],
-                "ours 10 img (s)": sampling["time_10_s"],
-                "ours memory (GB)": sampling["peak_memory_10_bytes"] / 1e9,
+                "ours 1 img (s)": sampling.get("time_1_s"),
+                "ours 10 img (s)": sampling.get(
+                    "time_10_s"
+                ),  # absent where sample.timed_batch_sizes lacks 10
+                "ours memory (GB)": _gigabytes(
+                    sampling.get("peak_memory_10_bytes") or sampling.get("peak_memory_bytes")
+                ),
             }
         )
     order = sorted(table, key=lambda key: (key[0] != "sir", key[1]))  # SIR rows first, as the paper
@@ -243,10 +265,10 @@ def mmd_table(run: Run) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _mmd_notes(cfg: ExperimentConfig, mmd: dict, paper_rows: Sequence[dict]) -> list[str]:
-    """Table 9's protocol lines: sample counts, estimator, errors, and the per-scale tally of groups."""
+def _mmd_notes(run: Run, mmd: dict, paper_rows: Sequence[dict]) -> list[str]:
+    """Table 9's protocol lines: which run, sample counts, estimator, errors, and the per-scale tally."""
     notes = [
-        f"ours: experiment `{cfg.experiment}`, {mmd['num_samples']} samples of p and of p_NCP "
+        f"ours: run `{run.label}` ({run.num_groups()} groups), {mmd['num_samples']} samples of p and of p_NCP "
         f"(by {mmd['ncp_method']}), {mmd.get('num_q', mmd['num_samples'])} of q per group; {mmd['estimator']}; "
         "bandwidth = scale x the median heuristic, shared by both columns"
     ]
@@ -299,7 +321,7 @@ def run(
         ]
     elif name == "table9":
         frame = mmd_table(runs[0])
-        notes = _mmd_notes(cfg, runs[0].read("mmd.json"), spec["rows"])
+        notes = _mmd_notes(runs[0], runs[0].read("mmd.json"), spec["rows"])
     else:
         raise ValueError(f"no builder for paper table {name!r}")
     sources = {"table7": runs, "table8": runs[:1], "table9": runs[:1]}.get(name) or comparison_sources(
@@ -309,4 +331,7 @@ def run(
     notes.append("made by (job, commit, params hash, seed, device, wall time):")
     notes += [line for run in sources for line in run.provenance_lines(files)]
     notes.append(f"this table: {describe(provenance(f'paper-table {name}', cfg, cfg.seed))}")
-    write_table(frame, spec["title"], notes, Path(out_stem))
+    # a stand-in in any run marks the whole table; the decoder note names this run's (rows say their own)
+    run_origin = model_origin.merge(run.model_origin() for run in runs)
+    run_origin["decoder"] = runs[0].decoder()
+    write_table(frame, spec["title"], notes, Path(out_stem), run_origin)

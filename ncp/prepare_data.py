@@ -20,7 +20,14 @@ def run(data: DataConfig, seed: int, train_out: Path, test_out: Path) -> None:
     image_sets = [
         (
             load_dataset(
-                data.name, root=data.root, split=split, limit=limit, seed=seed, download=data.download
+                data.name,
+                root=data.root,
+                split=split,
+                limit=limit,
+                seed=seed,
+                download=data.download,
+                folder_options=data.folder_options(),
+                synthetic_if_missing=data.synthetic_if_missing,
             ),
             out,
         )

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ncp.config import SampleConfig
+from ncp.model_origin import checkpoint_origin
 from ncp.models.base import sample_from_prior
 from ncp.models.registry import load_vae_checkpoint
 from ncp.priors.checkpoints import load_ncp_prior
@@ -123,7 +124,7 @@ def run(
         )
     ncp_prior = load_ncp_prior(classifier_files, torch_device, checkpoint) if sampler != "base" else None
     choose = make_group_sampler(sampler, ncp_prior, sample)
-    small_batches = time_small_batches(model, choose, torch_device)
+    small_batches = time_small_batches(model, choose, torch_device, sample.timed_batch_sizes)
     seed_everything(seed + 7)  # the timing draws must not change the samples
     choose = make_group_sampler(sampler, ncp_prior, sample)  # fresh diagnostics
     if torch_device.type == "cuda":
@@ -155,6 +156,7 @@ def run(
             "memory_kind": "CUDA allocator peak" if torch_device.type == "cuda" else "process peak RSS",
             **small_batches,
             "diagnostics": diagnostics,
+            "model_origin": checkpoint_origin(model, checkpoint),  # decoder, and real or stand-in data
         },
         out,
     )

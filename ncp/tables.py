@@ -15,7 +15,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from ncp import model_origin
 from ncp.config import ExperimentConfig
+from ncp.data.stand_in import STAND_IN_WARNING
 from ncp.provenance import PROVENANCE_KEY, describe, provenance
 from ncp.runtime import atomic_savefig, atomic_write_text, read_json, write_json
 
@@ -140,10 +142,14 @@ def build_summary(cfg: ExperimentConfig, metrics_dir: Path) -> dict:
     }
     origins |= {f"nce/{path.name}": g.get(PROVENANCE_KEY) for path, g in zip(nce_files, nce_groups)}
     origins["summary.json"] = provenance("tables", cfg, cfg.seed)
+    run_origin = model_origin.merge(record.get("model_origin") for record in (fid, mmd, nll))
     return {
+        # first, so no reader of the file misses it: the data were a synthetic stand-in (smoke runs)
+        **({"data_warning": f"{STAND_IN_WARNING}: not real images"} if run_origin.get("synthetic") else {}),
         PROVENANCE_KEY: origins,
         "experiment": cfg.experiment,
         "seed": cfg.seed,
+        "model_origin": run_origin,
         "fid": fid_summary(fid),
         "nll": nll_summary(nll),
         "mmd": {
@@ -192,13 +198,22 @@ def build_summary(cfg: ExperimentConfig, metrics_dir: Path) -> dict:
     }
 
 
-def write_table(frame: pd.DataFrame, title: str, protocol: list[str], stem: Path) -> None:
-    """Write ``frame`` as <stem>.md (title, table, protocol) and <stem>.tex; missing cells stay blank."""
+def write_table(
+    frame: pd.DataFrame, title: str, protocol: list[str], stem: Path, run_origin: dict | None = None
+) -> None:
+    """Write ``frame`` as <stem>.md (title, table, protocol) and <stem>.tex; missing cells stay blank.
+    A run on synthetic stand-in data says so in the title and the first note (ncp/model_origin.py)."""
+    run_origin = run_origin or {}
+    if run_origin.get("synthetic"):
+        title = f"{STAND_IN_WARNING}: {title}"
+    protocol = model_origin.notes(run_origin) + list(protocol)
     notes = "\n".join(f"- {line}" for line in protocol)
     cells = frame.astype(object).where(frame.notna(), None)  # tabulate leaves None blank, prints NaN as "nan"
     markdown = f"### {title}\n\n{cells.to_markdown(index=False, floatfmt='.4g', missingval='')}\n\n{notes}\n"
     atomic_write_text(markdown, stem.with_suffix(".md"))
     latex = frame.to_latex(index=False, float_format=lambda v: f"{v:.4g}", na_rep="--", caption=title)
+    if run_origin.get("synthetic"):  # LaTeX readers see the caption and this comment
+        latex = f"% {STAND_IN_WARNING}: not a measurement of real images\n{latex}"
     atomic_write_text(latex, stem.with_suffix(".tex"))
 
 
@@ -211,6 +226,7 @@ def results_frame(summary: dict) -> pd.DataFrame:
     def row(model, method, fid_value, nll_value=None, nll_se=None, gain=None, gain_se=None):
         return (
             model,
+            decoder,
             fid_value,
             spread.get(method),
             fid["kid"].get(method),
@@ -223,6 +239,8 @@ def results_frame(summary: dict) -> pd.DataFrame:
         )
 
     paired = (nll.get("base_minus_ncp"), nll.get("base_minus_ncp_se"))
+    decoder = summary.get("model_origin", {}).get("decoder")  # one VAE behind every row
+
     rows = [
         row("Base VAE (prior p)", "base", fid["base"], nll["base"], nll.get("base_se")),
         row(f"{ncp}, SIR", "sir", fid["ncp_sir"], nll["ncp"], nll.get("ncp_se"), *paired),
@@ -232,6 +250,7 @@ def results_frame(summary: dict) -> pd.DataFrame:
     rows.append(row("Base VAE-Recon (q)", "recon", fid["recon"]))
     columns = [
         "model",
+        "decoder",
         "FID",
         "FID ±",
         "KID",
@@ -307,6 +326,10 @@ def run(
         *provenance_lines(summary),
     ]
     write_table(
-        results_frame(summary), f"Base VAE vs NCP-VAE ({cfg.experiment})", protocol, tables_dir / "results"
+        results_frame(summary),
+        f"Base VAE vs NCP-VAE ({cfg.experiment})",
+        protocol,
+        tables_dir / "results",
+        summary["model_origin"],
     )
     plot_figure5(summary, figures_dir)

@@ -79,8 +79,14 @@ def nvae_arch_args(vae: VAEConfig, data: DataConfig) -> dict:
         "idx": "mnist",
         "cifar10": "cifar10",
         "celeba64": "celeba_64",
+        "celebahq256": "celeba_256",
     }
     args = dict(vae.nvae)
+    if data.name == "folder" and "dataset" not in args:
+        # NVAE knows no such dataset: name it, and give the shape its name cannot carry
+        if data.image_size is None:
+            raise ValueError("data.name folder with an NVAE needs data.image_size (or vae.nvae.dataset)")
+        args.update(dataset="folder", input_size=data.image_size, input_channels=1 if data.grayscale else 3)
     if "dataset" not in args:  # a dataset without an NVAE name must give vae.nvae.dataset itself
         if data.name not in dataset_for:
             raise ValueError(f"set vae.nvae.dataset: NVAE has no dataset name for data.name {data.name!r}")
@@ -288,6 +294,8 @@ def _train(
         )
     steps_per_epoch = math.ceil(len(train_set.images) / global_batch)
     total_steps = vae.train.epochs * steps_per_epoch
+    if vae.train.max_steps is not None:  # a smoke run: a few steps at the full architecture
+        total_steps = min(total_steps, vae.train.max_steps)
     warmup_steps = int(vae.train.warmup_epochs * steps_per_epoch)
 
     # What a resume file must match to be used: anything else trains from scratch.
@@ -377,6 +385,7 @@ def _train(
             vae.arch,
             arch_args,
             out,
+            data={"dataset": train_set.name, "synthetic": train_set.synthetic},  # see ncp/provenance.py
             training={
                 "steps": run_state.step,
                 "rollbacks": run_state.rollbacks,
@@ -384,6 +393,10 @@ def _train(
                 "seconds": time.time() - started,
                 "history": run_state.history,
                 "num_processes": num_processes,
+                # what benchmarks/gpu_check.sh reports: the allocator's peak of this training run
+                "peak_cuda_bytes": torch.cuda.max_memory_allocated(torch_device)
+                if torch_device.type == "cuda"
+                else None,
             },
         )
         if resume_path.exists():

@@ -159,6 +159,7 @@ def test_table7_columns_do_not_depend_on_the_group_counts(tmp_path):
         "ours NCP-VAE",
         "ours NCP-VAE ±",
         "ours from",
+        "ours decoder",
     ]
 
 
@@ -353,3 +354,67 @@ def test_a_table_not_of_this_run_reads_only_its_declared_inputs(tmp_path):
     main = _metrics(tmp_path, "main", {"fid.json": _fid(base=40.0, sir=20.0, recon=5.0)})
     frame, _ = paper_tables.comparison_table(PAPER["table3"], [paper_tables.Run(main)], own_rows=False)
     assert frame["ours"].isna().all()
+
+
+def test_table9_names_the_run_it_reads(tmp_path):
+    # With paper.table9_from the Table 9 run is a sub-experiment: the note must say which, and its groups.
+    sub = _metrics(
+        tmp_path,
+        "main/table7/groups_15",
+        {
+            "mmd.json": {
+                "num_samples": 5,
+                "ncp_method": "sir",
+                "estimator": "unbiased MMD^2",
+                "per_group": [{"group": 0, "q_p": 0.5, "q_pncp": 0.25, "bandwidth": 2.0, "dim": 16}],
+            },
+            **_groups(15),
+        },
+    )
+    paper_tables.run("table9", _cfg(["table9"]), [sub], [], tmp_path / "table9")
+    _, notes = _read_md(tmp_path / "table9.md")
+    assert notes[0].startswith("- ours: run `groups_15` (15 groups)")
+
+
+def _origin(decoder, synthetic=False):
+    return {"model_origin": {"decoder": decoder, "dataset": "celeba64", "synthetic": synthetic}}
+
+
+def test_every_row_names_its_models_decoder(tmp_path):
+    # The paper's NVAEs have a Gaussian decoder, NVAE's released ones a logistic mixture: a row must say
+    # which one its figure comes from, including rows from sub-experiments with another decoder.
+    main = _metrics(
+        tmp_path, "main", {"fid.json": {**_fid(base=40.0, sir=20.0), **_origin("Gaussian")}, **_groups(4)}
+    )
+    six = _metrics(
+        tmp_path,
+        "main/table7/g6",
+        {"fid.json": {**_fid(base=35.0, sir=18.0), **_origin("DMoL (10)")}, **_groups(6)},
+    )
+    paper_tables.run("table7", _cfg(["table7"]), [main, six], [], tmp_path / "table7")
+    rows, notes = _read_md(tmp_path / "table7.md")
+    assert rows["4"]["ours decoder"] == "Gaussian" and rows["6"]["ours decoder"] == "DMoL (10)"
+    assert rows["15"]["ours decoder"] == ""  # a paper-only row has no model of ours
+    assert "- image decoder of ours: Gaussian" in notes
+    paper_tables.run("table3", _cfg(["table3"]), [main], [], tmp_path / "table3")
+    rows, _ = _read_md(tmp_path / "table3.md")
+    assert {row["ours decoder"] for row in rows.values() if row["ours"]} == {"Gaussian"}
+
+
+def test_a_stand_in_run_is_marked_in_the_title_and_first_note_of_every_table(tmp_path):
+    main = _metrics(
+        tmp_path,
+        "main",
+        {"fid.json": {**_fid(base=40.0, sir=20.0), **_origin("Gaussian", synthetic=True)}, **_groups(4)},
+    )
+    for table in ("table3", "table7"):
+        paper_tables.run(table, _cfg([table]), [main], [], tmp_path / table)
+        text = (tmp_path / f"{table}.md").read_text()
+        assert text.startswith("### SYNTHETIC STAND-IN DATA: ")
+        _, notes = _read_md(tmp_path / f"{table}.md")
+        assert notes[0].startswith("- **SYNTHETIC STAND-IN DATA**") and "celeba64" in notes[0]
+        assert (tmp_path / f"{table}.tex").read_text().startswith("% SYNTHETIC STAND-IN DATA")
+    # a real run's table says nothing of stand-ins
+    real = _metrics(tmp_path, "real", {"fid.json": {**_fid(base=40.0, sir=20.0), **_origin("Gaussian")}})
+    paper_tables.run("table3", _cfg(["table3"]), [real], [], tmp_path / "real3")
+    assert "STAND-IN" not in (tmp_path / "real3.md").read_text()

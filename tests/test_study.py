@@ -221,3 +221,27 @@ def test_sharing_owner_follows_the_stage_params(tmp_path):
     assert sharing_owner(experiments, "main", "prepare-data") == "main"
     with pytest.raises(KeyError, match="nope"):
         sharing_owner(experiments, "nope", "prepare-data")
+
+
+def test_table9_reads_the_sub_experiment_table9_from_names(tmp_path):
+    # The paper's Table 9 goes with Fig. 5(a)'s 15-group NCP: the CelebA-64 study pairs it with its
+    # 15-group Table 7 run. Table 9 must then read that run's MMD file (and be rebuilt when it changes).
+    params = _default_like(tmp_path)
+    params["paper"]["table9_from"] = "groups_2"
+    experiments = study_experiments(params)
+    assert table_runs(experiments, "table9") == ["main/table7/groups_2"]
+    assert table_metric_files(experiments, "table9", []) == ["results/main/table7/groups_2/metrics/mmd.json"]
+    params["paper"]["table9_from"] = "groups_99"
+    with pytest.raises(ConfigError, match="table9_from: no sub-experiment named 'groups_99'.*groups_2"):
+        table_runs(study_experiments(params), "table9")
+
+
+def test_the_celeba64_study_pairs_table9_with_its_15_group_run():
+    from ncp.config import load_params_files
+
+    params = load_params_files(["params/default.yaml", "params/paper/celeba64_nvae_30groups.yaml"])
+    experiments = study_experiments(params)
+    (run,) = table_runs(experiments, "table9")
+    assert run == "celeba64_nvae_30groups/table7/celeba64_groups_15"
+    groups = next(e for e in experiments if e.name == run).params["vae"]["nvae"]
+    assert groups["num_latent_scales"] * groups["num_groups_per_scale"] == 15

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ncp.data import readers
+from ncp.data import folders, readers, stand_in
 from ncp.runtime import atomic_save
 
 IMAGE_SET_FORMAT_VERSION = 1
@@ -39,6 +39,9 @@ class ImageSet:
     split: str
     binary: bool  # True: model pixels as Bernoulli draws of pixel / 255 (dynamic binarisation)
     padding: int = 0  # zero pixels added on each side when loading
+    synthetic: bool = (
+        False  # True: a synthetic stand-in of the dataset's shape (ncp/data/stand_in.py), not data
+    )
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -64,7 +67,9 @@ class ImageSet:
                 raise ValueError(f"subset size must be positive, got {indices}")
             indices = torch.arange(min(indices, len(self)))
         labels = self.labels[indices] if self.labels is not None else None
-        return ImageSet(self.images[indices], labels, self.name, self.split, self.binary, self.padding)
+        return ImageSet(
+            self.images[indices], labels, self.name, self.split, self.binary, self.padding, self.synthetic
+        )
 
 
 def pad_images(images: np.ndarray, padding: int) -> np.ndarray:
@@ -160,10 +165,13 @@ _DATASETS = {
     "idx": (lambda root, split, download: readers.read_idx_split(root, split), True, MNIST_PADDING),
     "cifar10": (_cifar10_arrays, False, 0),
     "celeba64": (_celeba64_arrays, False, 0),
+    "celebahq256": (lambda root, split, download: (folders.read_celebahq256(root, split), None), False, 0),
+    "folder": (None, False, 0),  # read with the folder options of load_dataset (see below)
 }
 DATASET_NAMES = tuple(_DATASETS)
-# The split each dataset is evaluated on: NVAE reports CelebA-64 on CelebA's "valid" partition.
-_EVALUATION_SPLITS = {"celeba64": "valid"}
+# The split each dataset is evaluated on: NVAE reports CelebA-64 on CelebA's "valid" partition and
+# CelebA-HQ-256 on GLOW's "validation" part.
+_EVALUATION_SPLITS = {"celeba64": "valid", "celebahq256": "validation"}
 
 
 def evaluation_split(name: str) -> str:
@@ -180,19 +188,35 @@ def load_dataset(
     limit: int | None = None,
     seed: int = 0,
     download: bool = False,
+    folder_options: dict | None = None,
+    synthetic_if_missing: bool = False,
 ) -> ImageSet:
     """Load one split of a named dataset (see ``DATASET_NAMES``) into memory.
 
     ``limit`` keeps the first ``limit`` images of a permutation seeded by ``seed`` (all images, in
     file order, when ``limit`` is None or not smaller than the split). ``download`` lets torchvision
-    fetch mnist / cifar10 / celeba64 into ``root`` when the files are missing.
+    fetch mnist / cifar10 / celeba64 into ``root`` when the files are missing. ``folder_options``
+    (image_size, grayscale, test_fraction, split_seed) configure the ``folder`` dataset. With ``synthetic_if_missing``, a dataset whose files are
+    absent is replaced by a synthetic stand-in of its exact shape, flagged ``synthetic`` (smoke runs only).
     """
     if name not in _DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
     reader, binary, padding = _DATASETS[name]
     if root is None and name != "mnist5k":
         raise ValueError(f"dataset {name!r} needs a root folder")
-    images, labels = reader(Path(root) if root is not None else None, split, download)
+    options = {"image_size": None, "grayscale": False, "test_fraction": 0.1, "split_seed": 0}
+    options.update(folder_options or {})
+    if name == "folder":
+        reader = functools.partial(_folder_arrays, **options)
+    synthetic = False
+    try:
+        images, labels = reader(Path(root) if root is not None else None, split, download)
+    except FileNotFoundError as error:
+        if not synthetic_if_missing:
+            raise
+        images, labels = _stand_in_arrays(name, split, limit, seed, options)
+        synthetic = True
+        print(f"{stand_in.STAND_IN_WARNING}: {error}; using {len(images)} synthetic images instead")
     if padding and images.shape[-2:] == (28, 28):
         images = pad_images(images, padding)
     else:
@@ -204,8 +228,30 @@ def load_dataset(
         split,
         binary,
         padding,
+        synthetic,
     )
     return limit_image_set(image_set, limit, seed)
+
+
+def _folder_arrays(root: Path, split: str, download: bool, **options) -> tuple[np.ndarray, None]:
+    """Every image under ``root`` (data.root), split by a seeded fraction (ncp/data/folders.py)."""
+    return folders.read_folder(root, split, **options), None
+
+
+def _stand_in_arrays(
+    name: str, split: str, limit: int | None, seed: int, options: dict
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A synthetic stand-in of dataset ``name``'s shape: ``limit`` images (or a small default number)."""
+    if name == "folder":
+        if options["image_size"] is None:
+            raise ValueError("a synthetic stand-in of a folder needs data.image_size")
+        size = options["image_size"]
+        channels, height, width, classes = (1 if options["grayscale"] else 3), size, size, 0
+    else:
+        channels, height, width, classes = stand_in.STAND_IN_SHAPES[name]
+    count = limit or stand_in.DEFAULT_STAND_IN_IMAGES["train" if split == "train" else "test"]
+    split_seed = seed + (0 if split == "train" else 1)  # train and test stand-ins differ
+    return stand_in.stand_in_images((channels, height, width), count, classes, split_seed)
 
 
 def limit_image_set(image_set: ImageSet, limit: int | None, seed: int = 0) -> ImageSet:
@@ -228,6 +274,7 @@ def save_image_set(image_set: ImageSet, path: str | Path) -> None:
         "split": image_set.split,
         "binary": image_set.binary,
         "padding": image_set.padding,
+        "synthetic": image_set.synthetic,
     }
     atomic_save(record, path)
 
@@ -246,6 +293,7 @@ def load_image_set(path: str | Path) -> ImageSet:
         record["split"],
         record["binary"],
         record["padding"],
+        record.get("synthetic", False),  # files written before stand-ins existed hold real data
     )
 
 

@@ -136,8 +136,25 @@ def parse_variant(name: str) -> tuple[str, dict]:
     return "ld", {"ld_num_steps": int(steps)}
 
 
+def table9_run(experiments: list[Experiment]) -> str:
+    """The experiment Table 9 (MMD per group) reads: `paper.table9_from` names a sub-experiment (the paper's
+    Table 9 is consistent with its 15-group Fig. 5(a), so the CelebA-64 study pairs it with its 15-group
+    Table 7 run); without it, this run."""
+    wanted = experiments[0].params["paper"].get("table9_from")
+    if not wanted:
+        return experiments[0].name
+    for experiment in experiments[1:]:
+        if experiment.name.rsplit("/", 1)[-1] == wanted:
+            return experiment.name
+    labels = ", ".join(e.name.rsplit("/", 1)[-1] for e in experiments[1:]) or "none"
+    raise ConfigError(f"paper.table9_from: no sub-experiment named {wanted!r} (sub-experiments: {labels})")
+
+
 def table_runs(experiments: list[Experiment], table: str) -> list[str]:
-    """The experiments whose metrics a paper table reads: this run first, then the table's sub-experiments."""
+    """The experiments whose metrics a paper table reads: this run first, then the table's sub-experiments
+    (Table 9: the one run `table9_run` picks)."""
+    if table == "table9":
+        return [table9_run(experiments)]
     return [experiments[0].name] + [e.name for e in experiments if e.table == table]
 
 
@@ -145,7 +162,7 @@ def table_metric_files(experiments: list[Experiment], table: str, variants: list
     """The metric files (under results/) paper table ``table`` is built from: its Snakemake inputs."""
     main = f"results/{experiments[0].name}/metrics"
     if table == "table9":
-        return [f"{main}/mmd.json"]
+        return [f"results/{table9_run(experiments)}/metrics/mmd.json"]
     if table == "table8":
         return [f"{main}/fid/{variant}.json" for variant in variants]
     runs = table_runs(experiments, table)

@@ -1,0 +1,430 @@
+"""`ncp plan`: what a params file will cost before it runs: wall time per stage on this device, peak memory,
+disk, and the device-hours of the paper's 50,000-image FID with SIR at the file's M.
+
+Two halves. The arithmetic here (pure Python, tested against known step counts) turns params into work:
+optimiser steps, encoder batches, images per sampler, bytes written. ncp/workflow/plan_timing.py times a
+few steps of the real models at the real sizes (random weights: a step costs the same trained or not),
+each stage in a fresh process so its peak memory is its own. Estimate = job start-up + units x seconds per
+unit, summed over the jobs of every experiment of the study (sub-experiments and the Table 8 sweep
+included) as if they ran one after another. What it leaves out: FID feature extraction and MMD (minutes
+on a GPU), data preparation (reading the files once), and queueing on a cluster.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ncp.config import num_latent_groups, with_run_settings
+from ncp.workflow.study import parse_variant, study_experiments, sweep_variants, written_tables
+
+# (train images, evaluation images) of each dataset's full split, and the image shape (C, H, W)
+DATASET_SIZES = {
+    "mnist5k": (4_500, 500),
+    "mnist": (60_000, 10_000),
+    "cifar10": (50_000, 10_000),
+    "celeba64": (162_770, 19_867),
+    "celebahq256": (27_000, 3_000),
+}
+IMAGE_SHAPES = {
+    "mnist5k": (1, 32, 32),
+    "mnist": (1, 32, 32),
+    "idx": (1, 32, 32),
+    "cifar10": (3, 32, 32),
+    "celeba64": (3, 64, 64),
+    "celebahq256": (3, 256, 256),
+}
+PAPER_FID_SAMPLES = 50_000  # the paper's FIDs use 50,000 samples
+READ_IMAGE_SECONDS = (
+    0.002  # decoding and resizing one JPEG/PNG (prepare_data is untimed: files may be absent)
+)
+BN_READJUST_PASSES = 100  # ncp.sample.qualitative_grid re-adjusts BatchNorm with 100 prior batches
+
+
+def split_sizes(data: dict) -> tuple[int, int]:
+    """Train and test images the run will use (data.train_limit / test_limit applied)."""
+    if data["name"] not in DATASET_SIZES:
+        if data["train_limit"] and data["test_limit"]:
+            return data["train_limit"], data["test_limit"]
+        raise ValueError(
+            f"ncp plan: the size of dataset {data['name']!r} is unknown; set data.train_limit and test_limit"
+        )
+    train, test = DATASET_SIZES[data["name"]]
+    return min(train, data["train_limit"] or train), min(test, data["test_limit"] or test)
+
+
+def image_shape(data: dict) -> tuple[int, int, int]:
+    """(C, H, W) of the model input."""
+    if data["name"] == "folder":
+        if data["image_size"] is None:
+            raise ValueError("ncp plan: data.name folder needs data.image_size")
+        return (1 if data["grayscale"] else 3, data["image_size"], data["image_size"])
+    return IMAGE_SHAPES[data["name"]]
+
+
+def stage1_steps(num_train: int, train: dict, init_checkpoint: str | None) -> int:
+    """Optimiser steps of stage 1, as ncp.train_vae counts them (0 when a checkpoint is imported)."""
+    if init_checkpoint:
+        return 0
+    per_epoch = math.ceil(num_train / (train["batch_size"] * train["num_processes"]))
+    steps = train["epochs"] * per_epoch
+    return min(steps, train["max_steps"]) if train["max_steps"] else steps
+
+
+def cache_pairs(num_train: int, cache: dict) -> int:
+    """(q, p) pairs per group the latent cache holds: one per image and encoder pass."""
+    return min(num_train, cache["num_images"] or num_train) * cache["passes"]
+
+
+def nce_steps(pairs: int, nce: dict) -> int:
+    """Optimiser steps of one classifier (ncp.priors.nce: held-out pairs first, then ceil per epoch)."""
+    held_out = nce["val_fraction"] + nce.get("test_fraction", 0.0)  # split by image: val and test
+    train_pairs = pairs - round(held_out * pairs)
+    return nce["epochs"] * math.ceil(train_pairs / nce["batch_size"])
+
+
+def sample_images(sample: dict, count: int, grid: bool) -> int:
+    """Images one sampling job draws: a warm-up, the timed batches, the samples and (maybe) a grid."""
+    drawn = 1 + sum(sample["timed_batch_sizes"]) + count
+    if grid and sample["temperature"] != 1.0:  # at t = 1 the grid reuses the samples
+        drawn += sample["grid_size"]
+    return drawn
+
+
+@dataclass
+class Job:
+    """One Snakemake job of the plan: its stage, experiment, units of work and the bytes it writes."""
+
+    stage: str
+    experiment: str
+    units: float  # optimiser steps, images or batches: what `seconds_per_unit` prices
+    unit: str
+    disk_bytes: float = 0.0
+    detail: dict = field(default_factory=dict)
+
+
+def study_jobs(params: dict) -> list[Job]:
+    """The jobs of the whole study (main run, sub-experiments, Table 8 sweep) and their work."""
+    jobs = []
+    for experiment in study_experiments(params):
+        p = with_run_settings(experiment.params)  # the grid's size and temperature live in `run`
+        name = experiment.name
+        num_train, num_test = split_sizes(p["data"])
+        channels, height, width = image_shape(p["data"])
+        image_bytes = channels * height * width
+        if name == experiment.name.split("/")[0]:  # the study's data split: written once
+            jobs.append(
+                Job(
+                    "prepare_data", name, num_train + num_test, "images", (num_train + num_test) * image_bytes
+                )
+            )
+        train = p["vae"]["train"]
+        jobs.append(
+            Job("train_vae", name, stage1_steps(num_train, train, p["vae"]["init_checkpoint"]), "steps")
+        )
+        pairs = cache_pairs(num_train, p["cache"])
+        jobs.append(Job("cache_latents", name, pairs, "images", detail={"pairs": pairs}))
+        groups = num_latent_groups(p["vae"])
+        for k in range(groups):
+            jobs.append(Job("train_nce", name, nce_steps(pairs, p["nce"]), "steps", detail={"group": k}))
+        sample = p["sample"]
+        # Table 2's and Table 6's rows are NLLs: their sub-experiments draw no samples; every other run does
+        methods = [] if experiment.table in ("table2", "table6") else ["base", *sample["methods"]]
+        for method in methods:
+            jobs.append(
+                Job(
+                    "sample",
+                    name,
+                    sample_images(sample, sample["num_samples"], True),
+                    "images",
+                    detail={"method": method},
+                )
+            )
+        if experiment.table is None and "table8" in written_tables(p):
+            sweep_count = p["paper"]["table8"]["num_samples"] or sample["num_samples"]
+            for variant in sweep_variants(p):
+                if variant in sample["methods"]:
+                    continue  # the run's own setting is sampled once
+                _, overrides = parse_variant(variant)
+                jobs.append(
+                    Job(
+                        "sample",
+                        name,
+                        sample_images(sample, sweep_count, False),
+                        "images",
+                        detail={"method": variant, **overrides},
+                    )
+                )
+        nll = p["evaluate"]["nll"]
+        nll_images = min(num_test, nll["num_images"] or num_test)
+        jobs.append(
+            Job(
+                "evaluate_nll",
+                name,
+                nll_images * nll["iw_samples"] * 2,
+                "passes",
+                detail={"log_z": nll["log_z_samples"]},
+            )
+        )
+    return jobs
+
+
+def estimate_seconds(job: Job, t: dict) -> float:
+    """Wall seconds of one job: start-up plus its units at the timed price ``t`` of its experiment (the keys
+    ncp/workflow/plan_timing.py measures)."""
+    if job.stage == "prepare_data":
+        return t["startup_s"] + job.units * READ_IMAGE_SECONDS
+    if job.stage == "train_vae":
+        return (t["startup_s"] + t["build_s"] + job.units * t["vae_step_s"]) if job.units else t["startup_s"]
+    if job.stage == "cache_latents":
+        return t["startup_s"] + t["build_s"] + job.units * t["encode_image_s"]
+    if job.stage == "train_nce":
+        return t["startup_s"] + job.units * t["nce_step_s"][job.detail["group"]]
+    if job.stage == "sample":
+        method = job.detail["method"]
+        sampler, overrides = parse_variant(method)
+        seconds = sample_seconds_per_image(
+            t, sampler, overrides.get("sir_num_proposals"), overrides.get("ld_num_steps")
+        )
+        extra = t["bn_readjust_s"] if t["readjusts_batchnorm"] else 0.0
+        return t["startup_s"] + t["build_s"] + job.units * seconds + extra
+    if job.stage == "evaluate_nll":
+        return (
+            t["startup_s"]
+            + t["build_s"]
+            + job.units * t["encode_image_s"]
+            + job.detail["log_z"] * t["base_image_s"]
+        )
+    raise ValueError(f"no estimate for stage {job.stage!r}")
+
+
+def sample_seconds_per_image(
+    t: dict, sampler: str, proposals: int | None = None, steps: int | None = None
+) -> float:
+    """Per image: a base prior walk, plus SIR's chunks of proposals or LD's steps (linear in M and T)."""
+    if sampler == "base":
+        return t["base_image_s"]
+    if sampler == "sir":
+        chunks = math.ceil((proposals or t["sir_num_proposals"]) / t["sir_chunk_size"])
+        return t["base_image_s"] + chunks * t["sir_chunk_s"]
+    return t["base_image_s"] + (steps or t["ld_num_steps"]) * t["ld_step_s"]
+
+
+def paper_fid_hours(t: dict) -> float:
+    """Device-hours to draw the paper's 50,000 FID images with SIR at the file's M, on the timed device."""
+    return PAPER_FID_SAMPLES * sample_seconds_per_image(t, "sir") / 3600
+
+
+def disk_bytes(job: Job, params: dict, t: dict) -> float:
+    """Bytes a job writes: data splits, checkpoints, the latent cache, classifiers, sample files."""
+    if job.stage == "prepare_data":
+        return job.disk_bytes
+    if job.stage == "train_vae":
+        return 4.0 * t["num_parameters"] if job.units else 0.0  # float32 weights (an import is copied)
+    if job.stage == "cache_latents":
+        per_pair = sum(
+            2 * math.prod(g) + (math.prod(c) if c else 0)
+            for g, c in zip(t["group_shapes"], t["context_shapes"])
+        )
+        return job.units * per_pair * (2 if params["cache"]["dtype"] == "float16" else 4)
+    if job.stage == "train_nce":
+        return 4.0 * t["classifier_parameters"][job.detail["group"]]
+    if job.stage == "sample":
+        count = job.units - 1 - sum(params["sample"]["timed_batch_sizes"])
+        latents = sum(math.prod(g) for g in t["group_shapes"])
+        return count * (math.prod(image_shape(params["data"])) + 4 * latents)  # uint8 images, float32 latents
+    return 0.0
+
+
+def peak_bytes(job: Job, params: dict, t: dict) -> float:
+    """Peak memory of a job: the timed process's peak plus the image split it holds in memory."""
+    num_train, num_test = split_sizes(params["data"])
+    image_bytes = math.prod(image_shape(params["data"]))
+    if job.stage == "train_vae":
+        return t["vae_peak_bytes"] + num_train * image_bytes if job.units else 0.0
+    if job.stage == "cache_latents":
+        # ncp/cache_latents.py holds the whole cache in memory until it writes (the stage-2 data path may change this)
+        return t["peak_bytes"] + num_train * image_bytes + disk_bytes(job, params, t)
+    if job.stage == "evaluate_nll":
+        return t["peak_bytes"] + num_test * image_bytes
+    if job.stage == "prepare_data":
+        return (num_train + num_test) * image_bytes
+    return t["sample_peak_bytes"] if job.stage == "sample" else t["peak_bytes"]
+
+
+def _timing_key(params: dict) -> str:
+    import json
+
+    return json.dumps({k: params[k] for k in ("data", "vae", "nce", "sample", "cache")}, sort_keys=True)
+
+
+def make_plan(params: dict, device: str, timing_batch: int | None = 4) -> tuple[list[dict], dict]:
+    """Per job: stage, experiment, units, estimated seconds, peak and disk bytes; and each experiment's timing."""
+    from ncp.workflow.plan_timing import time_experiment
+
+    experiments = {e.name: with_run_settings(e.params) for e in study_experiments(params)}
+    timing, by_key = {}, {}
+    for name, p in experiments.items():
+        key = _timing_key(p)
+        if key not in by_key:  # sub-experiments that change only evaluation share their parent's timing
+            t = time_experiment(p, device, timing_batch)
+            t.update(
+                sir_num_proposals=p["sample"]["sir"]["num_proposals"],
+                sir_chunk_size=p["sample"]["sir"]["chunk_size"],
+                ld_num_steps=p["sample"]["ld"]["num_steps"],
+            )
+            t["readjusts_batchnorm"] = p["vae"]["arch"] == "nvae" and p["sample"]["temperature"] != 1.0
+            grid_batch = min(64, p["sample"]["batch_size"])
+            t["bn_readjust_s"] = BN_READJUST_PASSES * grid_batch * t["base_image_s"]
+            by_key[key] = t
+        timing[name] = by_key[key]
+    rows = []
+    for job in study_jobs(params):
+        p, t = experiments[job.experiment], timing[job.experiment]
+        rows.append(
+            {
+                "stage": job.stage,
+                "experiment": job.experiment,
+                "units": job.units,
+                "unit": job.unit,
+                "seconds": estimate_seconds(job, t),
+                "peak_bytes": peak_bytes(job, p, t),
+                "disk_bytes": disk_bytes(job, p, t),
+                **job.detail,
+            }
+        )
+    return rows, timing
+
+
+def stage_table(rows: list[dict]):
+    """Per stage: jobs, units, estimated hours (one after another), largest peak memory and total disk (GB)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    table = frame.groupby("stage", sort=False).agg(
+        jobs=("seconds", "size"),
+        units=("units", "sum"),
+        hours=("seconds", lambda s: s.sum() / 3600),
+        peak_gb=("peak_bytes", lambda b: b.max() / 1e9),
+        disk_gb=("disk_bytes", lambda b: b.sum() / 1e9),
+    )
+    total = pd.DataFrame(
+        [
+            [
+                len(frame),
+                float("nan"),
+                frame.seconds.sum() / 3600,
+                frame.peak_bytes.max() / 1e9,
+                frame.disk_bytes.sum() / 1e9,
+            ]
+        ],
+        columns=table.columns,
+        index=["total"],
+    )
+    return pd.concat([table, total])
+
+
+def compare_with_benchmarks(rows: list[dict], results_root: str) -> list[dict]:
+    """Estimated against measured seconds, per job that has a Snakemake `benchmark:` file (its `s` column)."""
+    import csv
+    from pathlib import Path
+
+    compared = []
+    for row in rows:
+        name = {"train_nce": f"train_nce_{row.get('group')}", "sample": f"sample_{row.get('method')}"}.get(
+            row["stage"], row["stage"]
+        )
+        path = Path(results_root) / row["experiment"] / "benchmarks" / f"{name}.tsv"
+        if not path.is_file():
+            continue
+        with open(path) as handle:
+            record = next(csv.DictReader(handle, delimiter="\t"))
+        measured, cpu = float(record["s"]), float(record["cpu_time"])
+        compared.append(
+            {
+                "job": f"{row['experiment']}: {name}",
+                "estimated_s": row["seconds"],
+                "measured_s": measured,
+                "ratio": row["seconds"] / measured,
+                "measured_cpu_s": cpu,  # far below the wall where other work shares the CPU
+            }
+        )
+    return compared
+
+
+def run(params: dict, device: str, timing_batch: int | None, compare: str | None = None) -> str:
+    """The plan as text: the per-stage table, the paper's FID cost, and (optionally) the comparison."""
+    from ncp.runtime import pick_device
+
+    torch_device = str(pick_device(device if device != "auto" else params["run"]["device"]))
+    rows, timing = make_plan(params, torch_device, timing_batch)
+    main = timing[params["experiment"]]
+    lines = [
+        f"ncp plan: experiment `{params['experiment']}` on {torch_device}; {len(rows)} jobs timed from "
+        f"{TIMED_STEPS_NOTE} (stage 1 at batch {main.get('vae_timed_batch', '-')}, scaled to "
+        f"{params['vae']['train']['batch_size']})",
+        "",
+        stage_table(rows).to_markdown(floatfmt=".3g"),
+        "",
+        "hours: all jobs one after another on this device; peak: the largest job's memory (GPU jobs: CUDA "
+        "allocator peak; CPU: resident set), with its image split in memory; disk: every output",
+        f"the paper's FID (50,000 images, SIR with M = {main['sir_num_proposals']}): "
+        f"{paper_fid_hours(main):.3g} {torch_device}-hours "
+        f"({sample_seconds_per_image(main, 'sir'):.3g} s per image)",
+    ]
+    if compare:
+        import pandas as pd
+
+        compared = compare_with_benchmarks(rows, compare)
+        lines += ["", f"estimated vs measured (Snakemake benchmark files under {compare}):", ""]
+        if compared:
+            estimated, measured = (sum(c[k] for c in compared) for k in ("estimated_s", "measured_s"))
+            lines.append(
+                f"sum over these jobs: estimated {estimated:.0f} s, measured {measured:.0f} s (Snakemake runs "
+                "jobs side by side with --cores N, so the measured sum exceeds the run's wall time)"
+            )
+        lines.append(
+            pd.DataFrame(compared).to_markdown(index=False, floatfmt=".3g")
+            if compared
+            else "(no benchmark files found)"
+        )
+    return "\n".join(lines)
+
+
+TIMED_STEPS_NOTE = "a few timed steps of the real models at the real sizes (random weights)"
+
+
+def main_plan(argv: list[str]) -> int:
+    """`ncp plan --configfile params/paper/<file>.yaml [overlays ...]`: print the cost plan."""
+    import argparse
+    from pathlib import Path
+
+    from ncp.config import ConfigError, load_params_files
+
+    parser = argparse.ArgumentParser(prog="ncp plan", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--configfile",
+        nargs="+",
+        default=[],
+        help="params overlays on params/default.yaml, as snakemake takes them",
+    )
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (the params' device)")
+    parser.add_argument(
+        "--timing-batch",
+        type=int,
+        default=4,
+        help="CPU only: time stage 1 at this batch and scale to the real one",
+    )
+    parser.add_argument(
+        "--compare",
+        metavar="RESULTS",
+        help="also compare with the benchmark files of a run under RESULTS (e.g. results)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        params = load_params_files([Path("params/default.yaml"), *args.configfile])
+        print(run(params, args.device, args.timing_batch, args.compare))
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as error:
+        print(f"ncp plan: error: {error}")
+        return 2
+    return 0

@@ -1,0 +1,185 @@
+"""Timed steps of the real models at the real sizes, for `ncp plan` (see ncp/workflow/plan.py).
+
+Each experiment is timed in two fresh processes (multiprocessing "spawn"): one for stage 1 (a few
+optimiser steps of the VAE), one for what follows it (encoding, prior walks, SIR and LD per proposal
+chunk and step, classifier steps). Weights are random: a step costs the same trained or not. A process's
+peak resident memory (or CUDA allocator peak) is its own, so stage 1's peak is not hidden by another's.
+On the CPU stage 1 is timed at a small batch and scaled linearly to the real one (a CPU's step time is
+close to linear in the batch); on a GPU at the real batch, where it is not.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import time
+
+import torch
+
+TIMED_STEPS = 2  # after one warm-up step: enough to see the steady cost, cheap at paper sizes
+
+
+def _peak_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _timed(fn, device: torch.device, repeats: int = 1) -> float:
+    """Mean wall seconds of ``fn()`` over ``repeats`` calls, after one warm-up call."""
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - started) / repeats
+
+
+def _build(params: dict, device: torch.device):
+    from ncp.config import ExperimentConfig
+    from ncp.models.registry import build_vae
+    from ncp.train_vae import arch_args_for
+
+    cfg = ExperimentConfig.from_params(params)
+    args = arch_args_for(cfg.vae, cfg.data)
+    if cfg.vae.arch == "mlp":  # its training mean is a buffer; any image will do for timing
+        args = {**args, "data_mean": torch.full((1, 32, 32), 0.5)}
+    started = time.perf_counter()
+    model = build_vae(cfg.vae.arch, args).to(device)
+    return cfg, model, time.perf_counter() - started
+
+
+def _random_batch(cfg, model, size: int, device: torch.device) -> torch.Tensor:
+    from ncp.workflow.plan import image_shape
+
+    x = torch.rand(size, *image_shape(dict(vars(cfg.data))), device=device)
+    return torch.bernoulli(x) if cfg.data.name in ("mnist", "mnist5k", "idx") else x
+
+
+def time_stage1(params: dict, device_name: str, timing_batch: int | None) -> dict:
+    """Seconds per stage-1 optimiser step at the real batch, model build time, and peak memory."""
+    from ncp.train_vae import _optimizer, train_step
+
+    device = torch.device(device_name)
+    cfg, model, build_s = _build(params, device)
+    batch = cfg.vae.train.batch_size
+    timed = batch if device.type == "cuda" or not timing_batch else min(batch, timing_batch)
+    optimizer = _optimizer(model, cfg.vae.train)
+    rss_built = _peak_bytes(device)
+    x = _random_batch(cfg, model, timed, device)
+    model.train()
+    step_s = _timed(
+        lambda: train_step(model, optimizer, x, 1.0, cfg.vae.train, cfg.vae.arch == "nvae"),
+        device,
+        TIMED_STEPS,
+    )
+    peak = _peak_bytes(device)
+    scale = batch / timed
+    return {
+        "build_s": build_s,
+        "vae_step_s": step_s * scale,
+        "vae_timed_batch": timed,
+        "vae_peak_bytes": rss_built + (peak - rss_built) * scale,  # activations grow with the batch
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def time_stage2(params: dict, device_name: str) -> dict:
+    """Seconds per encoded image, per prior walk, per SIR chunk and LD step, per classifier step; shapes."""
+    from ncp.models.base import sample_from_prior
+    from ncp.priors.classifiers import build_classifier
+    from ncp.priors.ncp_prior import NCPPrior
+    from ncp.samplers.langevin import LangevinSampler
+    from ncp.samplers.sir import SIRSampler
+
+    device = torch.device(device_name)
+    cfg, model, _ = _build(params, device)
+    model.eval().requires_grad_(False)  # frozen, as stage 2 loads it: LD's gradients reach only z
+    group_shapes, context_shapes = model.group_shapes(), model.context_shapes()
+    images = max(1, min(cfg.sample.batch_size, cfg.cache.batch_size, 4 if device.type == "cpu" else 64))
+    x = _random_batch(cfg, model, images, device)
+    result = {"group_shapes": group_shapes, "context_shapes": context_shapes}
+    with torch.no_grad():
+        result["encode_image_s"] = _timed(lambda: model(x), device) / images
+        result["base_image_s"] = _timed(lambda: model.walk_prior(images, sample_from_prior), device) / images
+    classifiers = [
+        build_classifier(g, c, hidden=cfg.nce.hidden, num_blocks=cfg.nce.num_blocks).to(device).eval()
+        for g, c in zip(group_shapes, context_shapes)
+    ]
+    prior = NCPPrior(classifiers)
+    prior.freeze()
+    chunk = cfg.sample.sir_chunk_size
+    sir = SIRSampler(prior, num_proposals=chunk, chunk_size=chunk)  # one chunk: SIR is linear in chunks
+    sir_s = _timed(lambda: model.walk_prior(images, sir), device) / images
+    result["sir_chunk_s"] = max(0.0, sir_s - result["base_image_s"])
+    ld = LangevinSampler(prior, num_steps=2, step_size=cfg.sample.ld_step_size)
+    ld_s = _timed(lambda: model.walk_prior(images, ld), device) / images
+    result["ld_step_s"] = max(0.0, ld_s - result["base_image_s"]) / 2
+    result["sample_peak_bytes"] = _peak_bytes(device)
+    # one classifier step per distinct group: 2B rows (q and p) through forward, backward and Adam
+    steps, classifier_parameters, cost_of = [], [], {}
+    for classifier, g, c in zip(classifiers, group_shapes, context_shapes):
+        classifier_parameters.append(sum(p.numel() for p in classifier.parameters()))
+        if (g, c) not in cost_of:
+            cost_of[(g, c)] = _classifier_step_seconds(classifier, g, c, cfg.nce, device)
+        steps.append(cost_of[(g, c)])
+    result.update(
+        nce_step_s=steps, classifier_parameters=classifier_parameters, peak_bytes=_peak_bytes(device)
+    )
+    return result
+
+
+def _classifier_step_seconds(classifier, group_shape, context_shape, nce, device) -> float:
+    import copy
+
+    from torch.nn.functional import binary_cross_entropy_with_logits
+
+    classifier = copy.deepcopy(classifier).train().requires_grad_(True)
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=nce.lr)
+    rows = 2 * nce.batch_size
+    z = torch.randn(rows, *group_shape, device=device)
+    context = None if context_shape is None else torch.randn(rows, *context_shape, device=device)
+    labels = torch.cat([torch.ones(nce.batch_size), torch.zeros(nce.batch_size)]).to(device)
+
+    def step():
+        loss = binary_cross_entropy_with_logits(classifier(z, context), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return _timed(step, device, TIMED_STEPS)
+
+
+def _child(stage: str, args: tuple, queue) -> None:
+    ready = time.time()
+    try:
+        result = time_stage1(*args) if stage == "stage1" else time_stage2(*args)
+        queue.put(("ok", ready, result))
+    except Exception as error:  # reported in the parent, which owns the terminal
+        queue.put(("error", ready, f"{type(error).__name__}: {error}"))
+
+
+def time_experiment(params: dict, device: str, timing_batch: int | None) -> dict:
+    """Both timing processes for one experiment; ``startup_s`` is a fresh process's start-up and imports."""
+    context = multiprocessing.get_context("spawn")
+    merged = {}
+    for stage, args in (("stage1", (params, device, timing_batch)), ("stage2", (params, device))):
+        if stage == "stage1" and params["vae"]["init_checkpoint"]:
+            continue  # an imported checkpoint: no stage-1 training to time
+        queue = context.Queue()
+        started = time.time()
+        process = context.Process(target=_child, args=(stage, args, queue))
+        process.start()
+        status, ready, result = queue.get()
+        process.join()
+        if status != "ok":
+            raise RuntimeError(f"ncp plan: timing {stage} of {params['experiment']} failed: {result}")
+        merged.setdefault("startup_s", ready - started)
+        merged.update(result)
+    merged.setdefault("build_s", 0.0)
+    merged.setdefault("vae_step_s", 0.0)
+    merged.setdefault("vae_peak_bytes", 0.0)
+    return merged

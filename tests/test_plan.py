@@ -1,0 +1,143 @@
+"""`ncp plan`'s arithmetic against step counts worked out by hand for params/test/micro.yaml, with the
+timing replaced by known prices (the timing itself is a measurement: see benchmarks/, not a test)."""
+
+import math
+from pathlib import Path
+
+import pytest
+
+from ncp.config import load_params_files
+from ncp.workflow import plan
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _micro():
+    return load_params_files([REPO / "params" / "default.yaml", REPO / "params" / "test" / "micro.yaml"])
+
+
+def _fake_timing(groups: int) -> dict:
+    """Round prices, so every estimate below is a sum a reader can check."""
+    return {
+        "startup_s": 2.0,
+        "build_s": 0.5,
+        "vae_step_s": 3.0,
+        "vae_peak_bytes": 1e9,
+        "num_parameters": 1000,
+        "encode_image_s": 0.01,
+        "base_image_s": 0.1,
+        "sir_chunk_s": 0.05,
+        "ld_step_s": 0.2,
+        "nce_step_s": [0.25] * groups,
+        "classifier_parameters": [100] * groups,
+        "group_shapes": [(4, 2, 2)] * groups,
+        "context_shapes": [None] + [(8, 2, 2)] * (groups - 1),
+        "sample_peak_bytes": 5e8,
+        "peak_bytes": 6e8,
+    }
+
+
+def test_micro_study_work_counts_match_the_stages_own_arithmetic():
+    jobs = plan.study_jobs(_micro())
+    main = {
+        (j.stage, j.detail.get("method"), j.detail.get("group")): j for j in jobs if j.experiment == "micro"
+    }
+    # 256 training images, batch 32, 1 epoch: 8 stage-1 steps
+    assert main[("train_vae", None, None)].units == 8
+    # one pass over the 256 images: 256 pairs; 26 held out (round(0.1 x 256)), 230 left, batch 64: 4 steps
+    # per epoch, 2 epochs
+    assert main[("cache_latents", None, None)].units == 256
+    assert main[("train_nce", None, 0)].units == 8 and main[("train_nce", None, 3)].units == 8
+    # 64 samples + a warm-up image + the timed batches of 1 and 10 (the grid reuses the samples at t = 1)
+    assert main[("sample", "sir", None)].units == 64 + 1 + 1 + 10
+    # Table 8's sweep: SIR M = 2 and 8, LD 3 steps. M = 8 and 3 steps are the run's own settings, but the
+    # sweep scores 500 images (params/default.yaml's table8.num_samples) and the run 64, so they are
+    # sampled again (as the DAG does: `snakemake -n` lists sir_m8 and ld_t3), at 500 + 1 + 11 images
+    sweep = {j.detail["method"]: j for j in jobs if j.experiment == "micro" and j.stage == "sample"}
+    assert sorted(sweep) == ["base", "ld", "ld_t3", "sir", "sir_m2", "sir_m8"]
+    assert sweep["sir_m8"].units == 500 + 1 + 11
+    # the 2-group Table 7 sub-experiment: its own stage 1, classifiers and samples, no sweep
+    sub = [j for j in jobs if j.experiment == "micro/table7/groups_2"]
+    assert sum(j.stage == "train_nce" for j in sub) == 2
+    assert sorted(j.detail["method"] for j in sub if j.stage == "sample") == ["base", "ld", "sir"]
+    assert sum(j.stage == "prepare_data" for j in jobs) == 1  # one data split for the study
+
+
+def test_estimates_are_start_up_plus_units_at_the_timed_price():
+    t = {**_fake_timing(4), "sir_num_proposals": 8, "sir_chunk_size": 4, "ld_num_steps": 3}
+    jobs = {
+        (j.stage, j.detail.get("method")): j for j in plan.study_jobs(_micro()) if j.experiment == "micro"
+    }
+    assert plan.estimate_seconds(jobs[("train_vae", None)], t) == pytest.approx(2.0 + 0.5 + 8 * 3.0)
+    assert plan.estimate_seconds(jobs[("cache_latents", None)], t) == pytest.approx(2.0 + 0.5 + 256 * 0.01)
+    # SIR at M = 8 in chunks of 4: a prior walk plus 2 chunks per image, 76 images
+    t.update(readjusts_batchnorm=False, bn_readjust_s=0.0)
+    per_image = 0.1 + 2 * 0.05
+    assert plan.estimate_seconds(jobs[("sample", "sir")], t) == pytest.approx(2.5 + 76 * per_image)
+    # the sweep's M = 2 fits in one chunk; LD 3 steps
+    assert plan.sample_seconds_per_image(t, "sir", proposals=2) == pytest.approx(0.15)
+    assert plan.sample_seconds_per_image(t, "ld") == pytest.approx(0.1 + 3 * 0.2)
+    # the paper's FID: 50,000 images at the file's M (here 8), in hours
+    assert plan.paper_fid_hours(t) == pytest.approx(50_000 * per_image / 3600)
+
+
+def test_disk_and_memory_follow_the_shapes_and_the_cache_dtype():
+    params = _micro()
+    t = _fake_timing(4)
+    jobs = {(j.stage, j.detail.get("method")): j for j in plan.study_jobs(params) if j.experiment == "micro"}
+    # per pair: z_q and z_p (2 x 16 values) in every group, a 32-value context in groups 1-3; float32
+    per_pair = 4 * (2 * 16) + 3 * 32
+    assert plan.disk_bytes(jobs[("cache_latents", None)], params, t) == 256 * per_pair * 4
+    params["cache"]["dtype"] = "float16"
+    assert plan.disk_bytes(jobs[("cache_latents", None)], params, t) == 256 * per_pair * 2
+    # 64 sample images of 1 x 32 x 32 bytes, with their 64 float32 latent values each
+    assert plan.disk_bytes(jobs[("sample", "sir")], params, t) == 64 * (1024 + 4 * 64)
+    # stage 1 holds its 256 training images beside the model's own peak
+    assert plan.peak_bytes(jobs[("train_vae", None)], params, t) == 1e9 + 256 * 1024
+
+
+def test_the_stage_table_sums_the_jobs(monkeypatch):
+    import ncp.workflow.plan_timing as timing
+
+    monkeypatch.setattr(
+        timing,
+        "time_experiment",
+        lambda p, device, batch: _fake_timing(4 if "table7" not in p["experiment"] else 2),
+    )
+    rows, _ = plan.make_plan(_micro(), "cpu")
+    table = plan.stage_table(rows)
+    assert table.loc["total", "jobs"] == len(rows)
+    assert table.loc["total", "hours"] == pytest.approx(sum(r["seconds"] for r in rows) / 3600)
+    assert table.loc["train_nce", "jobs"] == 4 + 2
+    assert table.loc["train_vae", "hours"] == pytest.approx(2 * (2.0 + 0.5 + 8 * 3.0) / 3600)
+    assert math.isclose(table.loc["total", "peak_gb"], max(r["peak_bytes"] for r in rows) / 1e9)
+
+
+def test_an_unknown_dataset_size_is_a_one_line_error():
+    params = _micro()
+    params["data"].update(name="folder", train_limit=None, image_size=32)
+    with pytest.raises(ValueError, match="size of dataset 'folder' is unknown; set data.train_limit"):
+        plan.study_jobs(params)
+
+
+def test_step_counts_follow_held_out_pairs_processes_and_max_steps():
+    # 100 pairs, 10 held out: 90 / 10 = 9 steps per epoch (10 if the held-out pairs were trained on)
+    assert plan.nce_steps(100, {"val_fraction": 0.1, "epochs": 3, "batch_size": 10}) == 27
+    train = {"batch_size": 16, "num_processes": 4, "epochs": 2, "max_steps": None}
+    assert plan.stage1_steps(1000, train, None) == 2 * math.ceil(1000 / 64)  # a global batch of 4 x 16
+    assert plan.stage1_steps(1000, {**train, "max_steps": 5}, None) == 5
+    assert plan.stage1_steps(1000, train, "imported.pt") == 0
+    assert plan.cache_pairs(1000, {"num_images": 300, "passes": 4}) == 1200
+
+
+def test_the_comparison_reads_each_jobs_snakemake_benchmark_file(tmp_path):
+    folder = tmp_path / "smoke" / "benchmarks"
+    folder.mkdir(parents=True)
+    (folder / "train_nce_3.tsv").write_text("s\th:m:s\tmax_rss\tcpu_time\n40.0\t0:00:40\t500\t4.5\n")
+    rows = [
+        {"stage": "train_nce", "experiment": "smoke", "group": 3, "seconds": 20.0},
+        {"stage": "train_nce", "experiment": "smoke", "group": 4, "seconds": 20.0},  # no file: left out
+    ]
+    (compared,) = plan.compare_with_benchmarks(rows, str(tmp_path))
+    assert compared["job"] == "smoke: train_nce_3" and compared["measured_s"] == 40.0
+    assert compared["ratio"] == 0.5 and compared["measured_cpu_s"] == 4.5
