@@ -24,7 +24,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from ncp.runtime import atomic_write_text, load_torch
+from ncp.runtime import atomic_save, atomic_write_text, load_torch
 
 CACHE_FORMAT = "ncp-latent-cache"
 CACHE_FORMAT_VERSION = 1
@@ -166,7 +166,7 @@ class GroupCacheWriter:
         self.buffer.setdefault("context", [])
         self.buffered -= rows
         name = f"shard_{len(self.shards):05d}.pt"
-        torch.save(shard, self.partial / name)  # the folder is renamed into place only when complete
+        atomic_save(shard, self.partial / name)  # and the folder is renamed into place only when complete
         self.shards.append({"file": name, "rows": rows})
 
     def close(self, num_images: int) -> None:
