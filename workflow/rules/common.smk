@@ -81,7 +81,7 @@ def samples(wildcards):
 GPU_PER_JOB = int(PARAMS["device"] != "cpu" and _cuda_available())
 
 # The ncp/ modules each stage runs: declared as inputs, so a code change reruns exactly its jobs.
-_SHARED_CODE = ["ncp/config.py", "ncp/runtime.py", "ncp/cli.py", "ncp/params.schema.yaml"]
+_SHARED_CODE = ["ncp/config.py", "ncp/runtime.py", "ncp/progress.py", "ncp/cli.py", "ncp/params.schema.yaml"]
 _MODEL_CODE = ["ncp/models/base.py", "ncp/models/registry.py"] + sorted(
     str(p)
     for p in Path("ncp/models").rglob("*.py")
