@@ -227,7 +227,7 @@ def stage1_records(sizes: Sizes, device: torch.device) -> list[dict]:
     """Stage-1 optimiser steps of the default NVAE and of NVAE's paper MNIST configuration."""
     from ncp.models.nvae import NVAE
     from ncp.models.registry import build_vae
-    from ncp.train_vae import _optimizer, nvae_arch_args, train_step
+    from ncp.train_vae import _optimizer, nvae_arch_args, train_step, training_memory_format
 
     cfg = ExperimentConfig.from_params(resolve_params(_default_params()))
     train = cfg.vae.train
@@ -237,9 +237,10 @@ def stage1_records(sizes: Sizes, device: torch.device) -> list[dict]:
     records = []
     for name, model, batch in models:
         torch.manual_seed(0)
-        model = model.to(device).train()
+        memory_format = training_memory_format("nvae", device)
+        model = model.to(device, memory_format=memory_format).train()
         optimizer = _optimizer(model, train)
-        x = torch.rand(batch, 1, 32, 32, device=device).round()
+        x = torch.rand(batch, 1, 32, 32, device=device).round().contiguous(memory_format=memory_format)
         step = partial(train_step, model, optimizer, x, 1.0, train, True)
         stats = timed(step, sizes.repeats, device)
         params = sum(p.numel() for p in model.parameters())
