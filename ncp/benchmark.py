@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ncp.benchmark_table import markdown_table
+from ncp.benchmark_table import markdown_table, table8_beside_paper
 from ncp.config import ExperimentConfig, resolve_params
 from ncp.runtime import atomic_write_text, pick_device, write_json
 
@@ -437,7 +437,10 @@ def run(out_dir: Path, device: str = "auto", quick: bool = False, repeats: int |
     record["total_s"] = time.perf_counter() - started
     out_dir = Path(out_dir)
     write_json(record, out_dir / f"{record['device']}.json")
-    atomic_write_text(markdown_table(record), out_dir / f"{record['device']}.md")
+    from ncp.tables import paper_results
+
+    beside = table8_beside_paper(record, paper_results()["tables"]["table8"])
+    atomic_write_text(markdown_table(record) + "\n" + beside, out_dir / f"{record['device']}.md")
     return record
 
 

@@ -55,3 +55,25 @@ def markdown_table(record: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def table8_beside_paper(record: dict, paper_table8: dict) -> str:
+    """Our SIR and LD times for 1 and 10 images and peak memory beside the paper's Table 8 (CelebA-64,
+    one V100-class GPU): the paper's numbers come only from ``paper_table8`` (paper_results.yaml)."""
+    ours = {("sir", r["M"], r["batch"]): r for r in record["sir"]}
+    ours.update({("ld", r["iterations"], r["batch"]): r for r in record["ld"]})
+    lines = [
+        f"| method | M or T | paper time 1 / 10 images s | ours ({record['device']}) time 1 / 10 images s "
+        "| paper memory GB | ours peak memory MB |",
+        "|---|---:|---|---|---:|---:|",
+    ]
+    for row in paper_table8["rows"]:
+        method, steps = row["method"], row["steps"]
+        one, ten = ours.get((method, steps, 1)), ours.get((method, steps, 10))
+        ours_times = f"{one['median_s']:.3g} / {ten['median_s']:.3g}" if one and ten else "not run"
+        memory = f"{ten['peak_mem_mb']:.0f}" if ten and "peak_mem_mb" in ten else "—"
+        lines.append(
+            f"| {method.upper()} | {steps} | {row['time_1_s']} / {row['time_10_s']} | {ours_times} | "
+            f"{row['memory_gb']} | {memory} |"
+        )
+    return "\n".join(lines) + "\n"
