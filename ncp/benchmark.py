@@ -65,16 +65,26 @@ class Sizes:
 
 
 def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> dict:
-    """Median, min and max seconds of ``fn()`` over ``repeats`` runs after one warm-up run."""
+    """Median, min and max seconds of ``fn()`` over ``repeats`` runs after one warm-up run, and
+    ``all_runs_s``, the wall time of every run including the warm-up."""
+    _sync(device)
+    started = time.perf_counter()
     fn()
+    _sync(device)
     seconds = []
+    warm_up = time.perf_counter() - started
     for _ in range(repeats):
         _sync(device)
         started = time.perf_counter()
         fn()
         _sync(device)
         seconds.append(time.perf_counter() - started)
-    return {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds)}
+    return {
+        "median_s": statistics.median(seconds),
+        "min_s": min(seconds),
+        "max_s": max(seconds),
+        "all_runs_s": warm_up + sum(seconds),
+    }
 
 
 def _sync(device: torch.device) -> None:
@@ -178,7 +188,8 @@ def sir_record(num_proposals: int, batch: int, repeats: int, device_name: str) -
         torch.cuda.reset_peak_memory_stats(device)
     clock = ClassifierClock(ncp_prior, device)
     stats = timed(draw, repeats, device)
-    classifier_seconds = clock.seconds / (repeats + 1)  # the timed runs and timed()'s own warm-up
+    # the clock ran through timed()'s warm-up and its repeats: compare it with all of those runs' time
+    classifier_share = clock.seconds / stats["all_runs_s"]
     return {
         "M": num_proposals,
         "batch": batch,
@@ -187,8 +198,8 @@ def sir_record(num_proposals: int, batch: int, repeats: int, device_name: str) -
         "proposals_per_s": num_proposals * batch / stats["median_s"],
         "peak_mem_mb": _peak_memory_mb(device),
         "classifier_gflop": flops / 1e9,
-        "classifier_time_share": classifier_seconds / stats["median_s"],
-        "flop_fraction": flops / classifier_seconds / peak,
+        "classifier_time_share": classifier_share,
+        "flop_fraction": flops * (repeats + 1) / clock.seconds / peak,
         "matmul_peak_gflops": peak / 1e9,
     }
 
