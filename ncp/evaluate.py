@@ -101,7 +101,9 @@ def compute_reference(cfg: ExperimentConfig, train_data: Path, test_data: Path, 
         train.images if fid.fid_reference_images is None else train.subset(fid.fid_reference_images).images
     )
     feature_net = _feature_net(fid.fid_features, out, device)
-    reference = reference_from_features(compute_features(reference_images, feature_net), feature_net.name)
+    reference = reference_from_features(
+        compute_features(reference_images, feature_net, desc="reference features"), feature_net.name
+    )
     reference.dataset = cfg.data.name  # checked by `evaluate fid`: FIDs against another dataset mean nothing
     save_reference_features(out, reference)
 
@@ -142,7 +144,7 @@ def evaluate_fid(
     methods, sampling = {}, {}
     for path in samples:
         drawn = load_torch(path)
-        feats = compute_features(drawn["images"], feature_net)
+        feats = compute_features(drawn["images"], feature_net, desc=f"features {drawn['method']}")
         result = fid_against_reference(feats, reference, feature_net.name, seed=cfg.seed, **spread_settings)
         methods[drawn["method"]] = result.to_dict()
         sampling[drawn["method"]] = {
@@ -170,7 +172,7 @@ def evaluate_fid(
             model, train.images[:num_samples], train.binary, cfg.sample.batch_size, cfg.seed
         )
         methods["recon"] = fid_against_reference(
-            compute_features(recon, feature_net),
+            compute_features(recon, feature_net, desc="features recon"),
             reference,
             feature_net.name,
             seed=cfg.seed,
@@ -328,6 +330,7 @@ def evaluate_nll(
                 log_z=z,
                 binarize_generator=generator,
                 num_dims=num_dims,
+                desc=f"NLL {name}",
             )
     difference = paired_difference(results["base"], results["ncp"], log_z.std_error)
     ncp_record = results["ncp"].to_dict()

@@ -21,6 +21,7 @@ from ncp.model_origin import checkpoint_origin
 from ncp.models.base import sample_from_prior
 from ncp.models.registry import load_vae_checkpoint
 from ncp.priors.checkpoints import load_ncp_prior
+from ncp.progress import progress_bar
 from ncp.runtime import atomic_save, atomic_save_image, pick_device, seed_everything
 from ncp.samplers.langevin import LangevinSampler
 from ncp.samplers.sir import SIRSampler
@@ -45,15 +46,22 @@ def make_group_sampler(method: str, ncp_prior, sample: SampleConfig):
     raise ValueError(f"unknown sampling method {method!r}; expected one of {', '.join(METHODS)}")
 
 
-def draw_samples(model, choose, num_samples: int, batch_size: int, temperature: float = 1.0) -> dict:
-    """Ancestral samples in batches: uint8 images (N, C, H, W) and per-group latents (N, ...)."""
+def draw_samples(
+    model, choose, num_samples: int, batch_size: int, temperature: float = 1.0, desc: str | None = None
+) -> dict:
+    """Ancestral samples in batches: uint8 images (N, C, H, W) and per-group latents (N, ...).
+
+    With ``desc``, a progress bar (images done, rate, time left) goes to stderr, i.e. the job's log."""
     images, latents = [], [[] for _ in range(model.num_groups)]
+    bar = progress_bar(num_samples, desc or "", disable=desc is None)
     for start in range(0, num_samples, batch_size):
         walk = model.walk_prior(min(batch_size, num_samples - start), choose, temperature)
         with torch.no_grad():
             images.append((model.mean_image(walk.logits).clamp(0, 1) * 255).round().to(torch.uint8).cpu())
         for k, z in enumerate(walk.latents):
             latents[k].append(z.detach().cpu())
+        bar.update(len(images[-1]))
+    bar.close()
     return {"images": torch.cat(images), "latents": [torch.cat(z) for z in latents]}
 
 
@@ -130,7 +138,7 @@ def run(
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
     started = time.perf_counter()
-    drawn = draw_samples(model, choose, sample.num_samples, sample.batch_size)
+    drawn = draw_samples(model, choose, sample.num_samples, sample.batch_size, desc=f"sample {method}")
     seconds = time.perf_counter() - started
     diagnostics = (
         {str(k): asdict(stats) for k, stats in choose.diagnostics().items()} if sampler == "sir" else {}

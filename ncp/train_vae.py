@@ -202,9 +202,22 @@ def epoch_batches(
 
 
 def _optimizer(model, train: VAETrainConfig) -> torch.optim.Optimizer:
+    # foreach: one multi-tensor update instead of a loop over NVAE's 240-1,300 parameters (on the CPU
+    # the paper MNIST model's Adamax step measured 0.71 s against 0.86 s; the same arithmetic)
     if train.optimizer == "adamax":  # NVAE: Adamax with eps 1e-3 and L2 weight decay
-        return torch.optim.Adamax(model.parameters(), lr=train.lr, eps=1e-3, weight_decay=train.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        return torch.optim.Adamax(
+            model.parameters(), lr=train.lr, eps=1e-3, weight_decay=train.weight_decay, foreach=True
+        )
+    return torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay, foreach=True)
+
+
+def training_memory_format(arch: str, device: torch.device) -> torch.memory_format:
+    """channels_last for NVAE on the CPU, else NCHW.
+
+    oneDNN's depthwise and 1x1 convolution kernels prefer channels-last on the CPU: NVAE steps measured
+    1.2-1.3x faster (mnist_tiny, batch 16, median of alternated runs). Not measured on GPUs: NCHW there.
+    """
+    return torch.channels_last if arch == "nvae" and device.type == "cpu" else torch.contiguous_format
 
 
 def run(
@@ -283,7 +296,8 @@ def _train(
             model = distributed.convert_sync_batchnorm(model)
         # Own reparameterisation noise per process (NVAE reuses one seed); weights are equal already.
         torch.manual_seed(seed + process_rank)
-    model = model.to(torch_device)
+    memory_format = training_memory_format(vae.arch, torch_device)
+    model = model.to(torch_device, memory_format=memory_format)
     _check_images_fit(model, train_set, vae.arch, torch_device)
     optimizer = _optimizer(model, vae.train)
     global_batch = vae.train.batch_size * num_processes
@@ -356,7 +370,12 @@ def _train(
             )
             try:
                 stats = train_step(
-                    network, optimizer, x.to(torch_device), beta, vae.train, vae.arch == "nvae"
+                    network,
+                    optimizer,
+                    x.to(torch_device, memory_format=memory_format),
+                    beta,
+                    vae.train,
+                    vae.arch == "nvae",
                 )
             except NonFiniteLoss as fault:
                 roll_back_after_fault(run_state, last_good, fault, step)

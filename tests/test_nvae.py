@@ -343,3 +343,35 @@ def test_sampling_runs_for_every_likelihood() -> None:
         assert images.shape == (2, channels, 16, 16) and 0 <= images.min() and images.max() <= 1
         assert log_px.shape == (2,) and torch.isfinite(log_px).all()
         assert at_zero.shape == (1, model.config.output_channels, 16, 16) and torch.isfinite(at_zero).all()
+
+
+def test_depthwise_conv_gradients_match_torchs_and_channels_last_steps_match_nchw() -> None:
+    # _DepthwiseConv2d computes the weight gradient on channels-last copies (a CPU speed-up); a wrong
+    # index order or a dropped bias gradient there would train a different model than NVAE's
+    from ncp.models.nvae.layers import PlainConv2d
+
+    torch.manual_seed(0)
+    conv = PlainConv2d(6, 6, 5, stride=2, padding=2, groups=6, bias=True).double()
+    x = torch.randn(3, 6, 9, 9, dtype=torch.double, requires_grad=True)
+    grads = torch.autograd.grad(conv(x).square().sum(), [x, conv.weight, conv.bias])
+    plain = torch.nn.functional.conv2d(x, conv.weight, conv.bias, 2, 2, 1, 6)
+    expected = torch.autograd.grad(plain.square().sum(), [x, conv.weight, conv.bias])
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+    # stage 1 trains NVAE in channels-last on the CPU: the same loss and gradients as NCHW (noise 0:
+    # randn_like fills a channels-last tensor in memory order, so noisy draws differ per element)
+    model = NVAE.from_args(TINY_MNIST_ARGS).train()
+    x = torch.rand(4, 1, 32, 32).round()
+    losses, gradients = [], []
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(1)
+        model = model.to(memory_format=memory_format)
+        model.zero_grad()
+        out = model(x.contiguous(memory_format=memory_format), noise_scale=0.0)
+        loss = (-model.log_px(out.logits, x) + out.kl.sum(1)).mean()
+        loss.backward()
+        losses.append(loss.detach())
+        gradients.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(gradients[1], gradients[0], rtol=1e-3, atol=1e-4)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ncp.progress import progress_bar
 from ncp.runtime import atomic_savez
 
 
@@ -61,17 +62,23 @@ def float_to_uint8(images: Tensor) -> Tensor:
     return (images.detach().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def compute_features(images: Tensor, feature_net, batch_size: int = 50) -> np.ndarray:
-    """Features (N, D) float32 of uint8 images (N, C, H, W) under ``feature_net``."""
+def compute_features(
+    images: Tensor, feature_net, batch_size: int = 50, desc: str | None = None
+) -> np.ndarray:
+    """Features (N, D) float32 of uint8 images (N, C, H, W) under ``feature_net``; with ``desc``, a
+    progress bar goes to stderr (the job's log)."""
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise ValueError(
             f"compute_features expects uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
         )
     chunks = []
+    bar = progress_bar(len(images), desc or "", disable=desc is None)
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             x = feature_net.preprocess(images[start : start + batch_size])
             chunks.append(feature_net(x).float().cpu().numpy())
+            bar.update(len(x))
+    bar.close()
     return np.concatenate(chunks)
 
 

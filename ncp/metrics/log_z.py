@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ncp.models.base import LatentVAE, sample_from_prior
 from ncp.priors.ncp_prior import NCPPrior
+from ncp.progress import progress_bar
 
 
 @dataclass
@@ -85,18 +86,22 @@ def log_z_from_log_weights(log_w: Tensor) -> LogZEstimate:
 
 @torch.no_grad()
 def estimate_log_z(
-    vae: LatentVAE, ncp_prior: NCPPrior, num_samples: int, batch_size: int = 1000
+    vae: LatentVAE, ncp_prior: NCPPrior, num_samples: int, batch_size: int = 1000, desc: str | None = None
 ) -> LogZEstimate:
-    """log Z of ``ncp_prior`` on ``vae``'s base prior from ``num_samples`` ancestral prior samples."""
+    """log Z of ``ncp_prior`` on ``vae``'s base prior from ``num_samples`` ancestral prior samples
+    (with ``desc``, a progress bar of samples done goes to stderr)."""
     if num_samples < 2 or batch_size < 1:
         raise ValueError(f"need num_samples >= 2 and batch_size >= 1, got {num_samples}, {batch_size}")
     if ncp_prior.num_groups != vae.num_groups:
         raise ValueError(f"NCP prior has {ncp_prior.num_groups} groups but the VAE has {vae.num_groups}")
     ncp_prior.eval()  # BatchNorm classifiers must use their running statistics
     accumulator = LogMeanExpAccumulator()
+    bar = progress_bar(num_samples, desc or "", unit="sample", disable=desc is None)
     for start in range(0, num_samples, batch_size):
         walk = vae.walk_prior(min(batch_size, num_samples - start), sample_from_prior)
         accumulator.add(ncp_prior.sum_log_r(walk.latents, walk.contexts))
+        bar.update(walk.latents[0].shape[0])
+    bar.close()
     return accumulator.estimate()
 
 

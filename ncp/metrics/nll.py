@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ncp.data.datasets import binarize, to_float
 from ncp.models.base import LatentVAE
+from ncp.progress import progress_bar
 
 # log r(z) summed over groups for a batch: (latents [(B, *shape_k)], contexts [c_k or None]) -> (B,)
 LogRatioFn = Callable[[list, list], Tensor]
@@ -115,6 +116,7 @@ def importance_weighted_nll(
     log_z: float = 0.0,
     binarize_generator: torch.Generator | None = None,
     num_dims: int | None = None,
+    desc: str | None = None,
 ) -> NLLResult:
     """IW estimate of -log p(x) for images (N, C, H, W) with ``num_iw_samples`` samples per image.
 
@@ -123,7 +125,8 @@ def importance_weighted_nll(
     to [0, 1], or binarised once per image (shared by its K samples) when ``binarize_generator`` is
     given; float images are used as they are. ``log_r_fn`` and ``log_z`` turn the base prior into
     the NCP prior p(z) r(z) / Z. ``num_dims`` (for bits/dim) defaults to C * H * W; pass the scored
-    count where log p(x|z) skips padding (784 for MNIST padded to 32x32).
+    count where log p(x|z) skips padding (784 for MNIST padded to 32x32). With ``desc``, a progress bar
+    goes to stderr (the job's log).
     """
     if num_iw_samples < 1 or batch_size < 1:
         raise ValueError(
@@ -135,6 +138,7 @@ def importance_weighted_nll(
     images_per_pass = max(1, batch_size // num_iw_samples)
     samples_per_pass = min(num_iw_samples, batch_size)
     log_px = []
+    bar = progress_bar(len(images), desc or "", disable=desc is None)
     for start in range(0, len(images), images_per_pass):
         x = _model_input(images[start : start + images_per_pass], binarize_generator).to(device)
         chunks = []
@@ -143,6 +147,8 @@ def importance_weighted_nll(
             chunks.append(log_importance_weights(vae, x, count, log_r_fn))
         log_w = torch.cat(chunks, dim=1)  # (B, K)
         log_px.append(torch.logsumexp(log_w, dim=1) - math.log(num_iw_samples) - log_z)
+        bar.update(len(x))
+    bar.close()
     nll = -torch.cat(log_px).cpu()  # (N,)
     dims = int(num_dims) if num_dims is not None else int(torch.Size(images.shape[1:]).numel())
     std_error = float(nll.std(unbiased=True) / math.sqrt(len(nll))) if len(nll) > 1 else float("nan")

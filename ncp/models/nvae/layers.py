@@ -83,6 +83,60 @@ class PlainConv2d(nn.Conv2d):
         """The kernel (no normalisation); listed for the spectral regulariser as NVAE does."""
         return self.weight
 
+    def forward(self, x: Tensor) -> Tensor:
+        """Convolve; depthwise kernels on the CPU take ``depthwise_conv2d``'s faster weight gradient."""
+        if self.groups == self.in_channels == self.out_channels and x.device.type == "cpu" and x.dim() == 4:
+            return depthwise_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+        return super().forward(x)
+
+
+class _DepthwiseConv2d(torch.autograd.Function):
+    """A depthwise convolution whose weight gradient is computed on channels-last copies.
+
+    On the CPU, oneDNN's weight gradient of a depthwise convolution in NCHW layout runs at about
+    0.2 GFLOP/s: measured on NVAE's 5x5 depthwise layers (batch 16) it took 90-130 ms per layer, half
+    of a whole training step, against 25-55 ms on the same tensors in channels-last layout (and 1-2 ms
+    for the forward pass). Forward and input gradient stay in NCHW, where they are fast; the results
+    are the same convolution, to float32 rounding.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation):
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (stride, padding, dilation, bias is not None)
+        return F.conv2d(x, weight, bias, stride, padding, dilation, weight.shape[0])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, has_bias = ctx.conv
+        groups = weight.shape[0]
+        args = (list(stride), list(padding), list(dilation), False, [0, 0], groups)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad_out, x, weight, None, *args, [True, False, False]
+            )[0]
+        if ctx.needs_input_grad[1]:
+            channels_last = torch.channels_last
+            grad_w = torch.ops.aten.convolution_backward(
+                grad_out.contiguous(memory_format=channels_last),
+                x.contiguous(memory_format=channels_last),
+                weight,
+                None,
+                *args,
+                [False, True, False],
+            )[1].contiguous()
+        if has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum(dim=(0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None, None
+
+
+def depthwise_conv2d(x: Tensor, weight: Tensor, bias, stride, padding, dilation) -> Tensor:
+    """F.conv2d with groups = channels, with a faster weight gradient on the CPU (see _DepthwiseConv2d)."""
+    return _DepthwiseConv2d.apply(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation))
+
 
 def _add_weight_alias(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
     state_dict[prefix + "weight_normalized"] = state_dict[prefix + "weight"]
