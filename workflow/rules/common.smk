@@ -104,7 +104,13 @@ STAGE_CODE = {
     "sample": _SHARED_CODE
     + _MODEL_CODE
     + _PRIOR_CODE
-    + ["ncp/sample.py", "ncp/workflow/study.py", "ncp/samplers/sir.py", "ncp/samplers/langevin.py"],
+    + [
+        "ncp/sample.py",
+        "ncp/variants.py",
+        "ncp/data/datasets.py",
+        "ncp/samplers/sir.py",
+        "ncp/samplers/langevin.py",
+    ],
     "evaluate": _SHARED_CODE
     + _MODEL_CODE
     + _PRIOR_CODE
@@ -123,8 +129,10 @@ STAGE_CODE = {
     + [
         "ncp/tables.py",
         "ncp/paper_tables.py",
-        "ncp/workflow/study.py",
+        "ncp/reporting.py",
+        "ncp/paper_results.py",
         "ncp/paper_results.yaml",
+        "ncp/workflow/study.py",
         "ncp/provenance.py",
     ],
 }
