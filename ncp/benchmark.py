@@ -18,6 +18,7 @@ stage 1; nothing is read from results/, so the command runs in a fresh clone.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -110,11 +111,10 @@ def default_models(device: torch.device, seed: int = 0):
     """The default experiment's NVAE and one random classifier per group (log r not identically 0)."""
     from ncp.models.registry import build_vae
     from ncp.priors import NCPPrior, build_classifier
-    from ncp.train_vae import nvae_arch_args
 
     cfg = ExperimentConfig.from_params(resolve_params(_default_params()))
     torch.manual_seed(seed)
-    model = build_vae("nvae", nvae_arch_args(cfg.vae, cfg.data)).to(device).eval()
+    model = build_vae("nvae", dataclasses.asdict(cfg.vae.backbone)).to(device).eval()
     with torch.no_grad():
         out = model(torch.rand(2, 1, 32, 32, device=device).round(), noise_scale=1.0)
     classifiers = []
@@ -178,7 +178,7 @@ def sir_record(num_proposals: int, batch: int, repeats: int, device_name: str) -
     cfg, model, ncp_prior, out = default_models(device)
     peak = matmul_peak_flops(device)
     flops = classifier_flops_per_proposal(ncp_prior, out) * num_proposals * batch
-    chunk = cfg.sample.sir_chunk_size
+    chunk = cfg.sample.sir.chunk_size
 
     def draw():
         return draw_samples(model, SIRSampler(ncp_prior, num_proposals, chunk), batch, batch)
@@ -219,7 +219,7 @@ def ld_records(sizes: Sizes, device: torch.device) -> list[dict]:
     records = []
     for iterations in sizes.ld_iterations:
         for batch in sizes.batches:
-            sampler = LangevinSampler(ncp_prior, iterations, cfg.sample.ld_step_size)
+            sampler = LangevinSampler(ncp_prior, iterations, cfg.sample.ld.step_size)
             draw = partial(draw_samples, model, sampler, batch, batch)
             stats = timed(draw, sizes.repeats, device)
             records.append(
@@ -238,11 +238,11 @@ def stage1_records(sizes: Sizes, device: torch.device) -> list[dict]:
     """Stage-1 optimiser steps of the default NVAE and of NVAE's paper MNIST configuration."""
     from ncp.models.nvae import NVAE
     from ncp.models.registry import build_vae
-    from ncp.train_vae import _optimizer, nvae_arch_args, train_step, training_memory_format
+    from ncp.train_vae import _optimizer, train_step, training_memory_format
 
     cfg = ExperimentConfig.from_params(resolve_params(_default_params()))
     train = cfg.vae.train
-    models = [("default", build_vae("nvae", nvae_arch_args(cfg.vae, cfg.data)), train.batch_size)]
+    models = [("default", build_vae("nvae", dataclasses.asdict(cfg.vae.backbone)), train.batch_size)]
     if sizes.paper_stage1:
         models.append(("paper MNIST", NVAE.from_args(paper_mnist_args()), 16))
     records = []

@@ -2,7 +2,13 @@
 
 The schema is the one place that holds every parameter's default, type and range; Snakemake validates
 `config` against it and `ncp <stage>` does the same here, so both see identical values. Stage code
-receives the frozen dataclasses below, never the raw dict.
+receives the frozen dataclasses below, never the raw dict. The typed configs nest as the params do
+(``cfg.sample.sir.num_proposals`` is ``sample: sir: num_proposals``).
+
+The backbone sections (``vae.nvae``, ``vae.mlp``, ``vae.conv``) are the exception for defaults: the schema
+lists their keys, types and meanings, but a key left out takes the backbone's own default (NVAE's
+argparse defaults, the MLP / conv config classes), so that a checkpoint's arguments rebuild the same
+model without the schema.
 """
 
 from __future__ import annotations
@@ -10,12 +16,19 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin, get_type_hints
 
 import jsonschema
 import yaml
+
+from ncp.models.nvae.config import num_groups_of_args
+
+if TYPE_CHECKING:
+    from ncp.models.conv_vae import ConvVAEConfig
+    from ncp.models.mlp_vae import MLPVAEConfig
+    from ncp.models.nvae.config import NVAEConfig
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
 
@@ -28,11 +41,12 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "train-vae": ("seed", "data", "vae"),
     "cache-latents": ("seed", "data", "vae", "cache"),
     "train-nce": ("seed", "nce"),
-    "sample": ("seed", "vae", "sample"),
+    "sample": ("seed", "data", "vae", "sample"),  # data: NVAE's typed config needs data.name
     "evaluate": ("seed", "data", "vae", "sample", "evaluate"),
     "evaluate-features": ("seed", "data", "evaluate"),  # no vae/sample: features outlive them
     "tables": ("experiment", "paper", "sample", "evaluate"),
 }
+
 
 # Keys that moved into `run` (they were science keys before, so an old params file may still set them).
 MOVED_TO_RUN = {
@@ -140,19 +154,51 @@ def stage_params_json(params: dict, stage: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Typed sections. Field names mirror the schema; defaults live only in the schema.
+# Typed sections. Field names mirror the schema, nested as the params are; defaults live only in the schema.
 
 
 def _build(cls, section: dict):
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in section.items() if k in names})
+    """A frozen section dataclass from its (resolved) params: nested sections become their dataclasses,
+    lists become tuples (of floats where the field says so)."""
+    hints = get_type_hints(cls)
+    values = {}
+    for field in fields(cls):
+        value, hint = section[field.name], hints[field.name]
+        if is_dataclass(hint):
+            value = _build(hint, value)
+        elif get_origin(hint) is tuple:
+            value = tuple(float(v) for v in value) if get_args(hint)[0] is float else tuple(value)
+        elif get_origin(hint) is dict:
+            value = {key: tuple(item) for key, item in value.items()}
+        values[field.name] = value
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class Table8Config:
+    """Table 8's sampling sweep: extra runs from this run's VAE and classifiers."""
+
+    sir_num_proposals: tuple[int, ...]
+    ld_num_steps: tuple[int, ...]
+    num_samples: int | None  # images per setting (None: sample.num_samples)
+
+
+@dataclass(frozen=True)
+class PaperConfig:
+    """Which of the paper's tables this experiment fills, as which row, and from which sub-experiments."""
+
+    tables: tuple[str, ...]
+    row: str | None
+    experiments: dict[str, tuple[str, ...]]  # table -> params overlays of its sub-experiments
+    table8: Table8Config
+    table9_from: str | None  # the sub-experiment whose latents fill Table 9 (None: this run)
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Which dataset, where it lives, and how much of it to use."""
 
-    name: str
+    name: Literal["mnist5k", "mnist", "cifar10", "celeba64", "celebahq256", "folder", "idx"]
     root: str
     download: bool
     train_limit: int | None
@@ -179,7 +225,7 @@ class VAETrainConfig:
 
     epochs: int
     batch_size: int
-    optimizer: str
+    optimizer: Literal["adamax", "adam"]
     lr: float
     lr_min: float
     warmup_epochs: float
@@ -197,22 +243,65 @@ class VAETrainConfig:
 
 @dataclass(frozen=True)
 class VAEConfig:
-    """Which backbone, its architecture arguments, and how to train it."""
+    """Which backbone, its typed architecture config, and how to train it.
 
-    arch: str
+    Only the backbone in use (``arch``) has its section built (the other two are None; the schema has
+    still checked their keys): NVAE's config depends on the data set, which another backbone's run
+    need not give NVAE a name for.
+    """
+
+    arch: Literal["nvae", "mlp", "conv"]
     init_checkpoint: str | None
-    nvae: dict
-    mlp: dict
-    conv: dict
-    base_prior: str
+    nvae: NVAEConfig | None
+    mlp: MLPVAEConfig | None
+    conv: ConvVAEConfig | None
+    base_prior: Literal["gaussian", "gmm"]
     gmm_components: int
     train: VAETrainConfig
 
     @classmethod
-    def from_section(cls, section: dict) -> VAEConfig:
-        values = dict(section)
-        values["train"] = _build(VAETrainConfig, section["train"])
-        return _build(cls, values)
+    def from_section(cls, section: dict, data_name: str) -> VAEConfig:
+        """Build from the resolved ``vae`` section; ``data_name`` is ``data.name`` (NVAE's dataset)."""
+        from ncp.models.registry import backbone_config
+
+        arch = section["arch"]
+        if section["base_prior"] == "gmm" and arch == "nvae":
+            raise ConfigError(
+                "params: vae.base_prior: gmm needs a single-group backbone (vae.arch mlp or conv)"
+            )
+        try:
+            backbone = backbone_config(arch, section[arch], data_name)
+        except ValueError as error:
+            raise ConfigError(f"params: vae.{arch}: {error}") from None
+        built = {name: backbone if name == arch else None for name in ("nvae", "mlp", "conv")}
+        return cls(
+            arch=arch,
+            init_checkpoint=section["init_checkpoint"],
+            base_prior=section["base_prior"],
+            gmm_components=section["gmm_components"],
+            train=_build(VAETrainConfig, section["train"]),
+            **built,
+        )
+
+    @property
+    def backbone(self) -> Any:
+        """The typed config of the backbone in use (NVAEConfig, MLPVAEConfig or ConvVAEConfig)."""
+        return getattr(self, self.arch)
+
+    def to_section(self) -> dict:
+        """Back to a params ``vae`` section that rebuilds this config (``ncp train-vae --params-json``)."""
+        backbone = asdict(self.backbone)
+        for name in ("base_prior", "gmm_components", "gmm_covariance"):  # vae.base_prior sets those
+            backbone.pop(name, None)
+        section = {
+            "arch": self.arch,
+            "init_checkpoint": self.init_checkpoint,
+            self.arch: backbone,
+            "base_prior": self.base_prior,
+            "gmm_components": self.gmm_components,
+            "train": asdict(self.train),
+        }
+        return json.loads(json.dumps(section))  # plain JSON values (tuples -> lists), as params are
 
 
 @dataclass(frozen=True)
@@ -222,9 +311,11 @@ class CacheConfig:
     num_images: int | None
     passes: int
     batch_size: int
-    dtype: str
+    dtype: Literal["float32", "float16"]
     shard_mb: float
-    mode: str  # "shards": pairs cached on disk; "stream": NCE jobs draw pairs from the VAE
+    mode: Literal[
+        "shards", "stream"
+    ]  # shards: pairs cached on disk; stream: NCE jobs draw pairs from the VAE
 
 
 @dataclass(frozen=True)
@@ -244,78 +335,86 @@ class NCEConfig:
 
 
 @dataclass(frozen=True)
+class SIRConfig:
+    """Sampling-importance-resampling: M proposals per group, scored ``chunk_size`` at a time."""
+
+    num_proposals: int
+    chunk_size: int  # = run.sir_chunk_size
+
+
+@dataclass(frozen=True)
+class LDConfig:
+    """Langevin dynamics on the NCP energy of each group."""
+
+    num_steps: int
+    step_size: float
+    step_scaling: Literal["prior_variance", "fixed"]  # the step per latent (see ncp/samplers/langevin.py)
+
+
+@dataclass(frozen=True)
 class SampleConfig:
     """Sampling from the base prior and the NCP prior (SIR and Langevin dynamics)."""
 
     num_samples: int
     batch_size: int
     temperature: float
-    methods: tuple[str, ...]
-    sir_num_proposals: int
-    sir_chunk_size: int  # = run.sir_chunk_size
-    ld_num_steps: int
-    ld_step_size: float
-    grid_size: int
-    ld_step_scaling: str = "prior_variance"
-    timed_batch_sizes: tuple[int, ...] = (1, 10)  # the schema default; a default here for the field order
+    methods: tuple[Literal["sir", "ld"], ...]
+    sir: SIRConfig
+    ld: LDConfig
+    grid_size: int  # = run.grid_size
+    timed_batch_sizes: tuple[int, ...]
 
-    @classmethod
-    def from_section(cls, section: dict) -> SampleConfig:
-        return cls(
-            num_samples=section["num_samples"],
-            batch_size=section["batch_size"],
-            temperature=section["temperature"],
-            methods=tuple(section["methods"]),
-            sir_num_proposals=section["sir"]["num_proposals"],
-            sir_chunk_size=section["sir"]["chunk_size"],
-            ld_num_steps=section["ld"]["num_steps"],
-            ld_step_size=section["ld"]["step_size"],
-            ld_step_scaling=section["ld"]["step_scaling"],
-            grid_size=section["grid_size"],
-            timed_batch_sizes=tuple(section["timed_batch_sizes"]),
-        )
+
+@dataclass(frozen=True)
+class FIDConfig:
+    """The FID feature network and the reference images."""
+
+    features: Literal["domain", "inception"]
+    domain_epochs: int
+    reference_images: int | None
+    bootstrap: int
+    kid_subsets: int
+
+
+@dataclass(frozen=True)
+class MMDConfig:
+    """Per-group latent MMD (Table 9)."""
+
+    num_samples: int
+    num_q: int | None
+    pca_dim: int
+    bandwidth_scales: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class NLLConfig:
+    """Importance-weighted test NLL and the log Z estimate."""
+
+    iw_samples: int
+    num_images: int | None
+    batch_size: int
+    log_z_samples: int
+    log_z_seeds: int
+
+
+@dataclass(frozen=True)
+class NeighboursConfig:
+    """Fig. 4: NCP samples beside their nearest training images."""
+
+    num_queries: int
+    num_neighbours: int
+    resize: int
+    crop: int
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """FID, MMD, NLL and log Z settings."""
+    """FID, MMD, NLL and log Z settings, and Fig. 4's nearest neighbours."""
 
-    fid_features: str
-    fid_domain_epochs: int
-    fid_reference_images: int | None
-    mmd_num_samples: int
-    mmd_num_q: int | None
-    mmd_pca_dim: int
-    mmd_bandwidth_scales: tuple[float, ...]
-    nll_iw_samples: int
-    nll_num_images: int | None
-    nll_batch_size: int
-    log_z_samples: int
-    neighbours: dict  # Fig. 4: num_queries, num_neighbours, resize, crop
-    log_z_seeds: int = 5
-    fid_bootstrap: int = 100
-    kid_subsets: int = 100
-
-    @classmethod
-    def from_section(cls, section: dict) -> EvaluateConfig:
-        fid, mmd, nll = section["fid"], section["mmd"], section["nll"]
-        return cls(
-            fid_features=fid["features"],
-            fid_domain_epochs=fid["domain_epochs"],
-            fid_reference_images=fid["reference_images"],
-            mmd_num_samples=mmd["num_samples"],
-            mmd_num_q=mmd["num_q"],
-            mmd_pca_dim=mmd["pca_dim"],
-            mmd_bandwidth_scales=tuple(float(scale) for scale in mmd["bandwidth_scales"]),
-            nll_iw_samples=nll["iw_samples"],
-            nll_num_images=nll["num_images"],
-            nll_batch_size=nll["batch_size"],
-            log_z_samples=nll["log_z_samples"],
-            log_z_seeds=nll["log_z_seeds"],
-            fid_bootstrap=fid["bootstrap"],
-            kid_subsets=fid["kid_subsets"],
-            neighbours=dict(section["neighbours"]),
-        )
+    fid: FIDConfig
+    mmd: MMDConfig
+    nll: NLLConfig
+    neighbours: NeighboursConfig
 
 
 @dataclass(frozen=True)
@@ -334,7 +433,7 @@ class RunConfig:
 
 def with_run_settings(params: dict) -> dict:
     """The science sections with the run settings the stage modules read in place (those fields of
-    VAETrainConfig and SampleConfig are filled from `run`, never from the science sections)."""
+    VAETrainConfig, NCEConfig and SampleConfig are filled from `run`, never from the science sections)."""
     params = copy.deepcopy(params)
     run = params["run"]
     params["vae"]["train"]["checkpoint_every"] = run["checkpoint_every"]
@@ -353,9 +452,7 @@ class ExperimentConfig:
     seed: int
     device: str  # = run.device
     run: RunConfig
-    paper_tables: tuple[str, ...]
-    paper_row: str | None
-    paper: dict  # the whole `paper` section: tables, row, sub-experiments, Table 8's sweep
+    paper: PaperConfig
     data: DataConfig
     vae: VAEConfig
     cache: CacheConfig
@@ -372,33 +469,18 @@ class ExperimentConfig:
             seed=params["seed"],
             device=params["run"]["device"],
             run=_build(RunConfig, params["run"]),
-            paper_tables=tuple(params["paper"]["tables"]),
-            paper_row=params["paper"]["row"],
-            paper=params["paper"],
+            paper=_build(PaperConfig, params["paper"]),
             data=_build(DataConfig, params["data"]),
-            vae=VAEConfig.from_section(params["vae"]),
+            vae=VAEConfig.from_section(params["vae"], params["data"]["name"]),
             cache=_build(CacheConfig, params["cache"]),
             nce=_build(NCEConfig, params["nce"]),
-            sample=SampleConfig.from_section(params["sample"]),
-            evaluate=EvaluateConfig.from_section(params["evaluate"]),
+            sample=_build(SampleConfig, params["sample"]),
+            evaluate=_build(EvaluateConfig, params["evaluate"]),
         )
 
 
-def nvae_groups_per_scale(nvae_args: dict) -> list[int]:
-    """NVAE's groups per latent scale, listed from the highest resolution down (ada_groups halves)."""
-    scales = int(nvae_args.get("num_latent_scales", 1))
-    groups = int(nvae_args.get("num_groups_per_scale", 10))
-    minimum = int(nvae_args.get("min_groups_per_scale", 1))
-    counts = []
-    for _ in range(scales):
-        counts.append(groups)
-        if nvae_args.get("ada_groups", False):
-            groups = max(minimum, groups // 2)
-    return counts
-
-
 def num_latent_groups(vae_section: dict) -> int:
-    """How many latent groups (and so NCE classifiers) the configured backbone has."""
+    """How many latent groups (and so NCE classifiers) the configured backbone has (no torch needed)."""
     if vae_section.get("arch", "nvae") == "nvae":
-        return sum(nvae_groups_per_scale(vae_section.get("nvae", {})))
+        return num_groups_of_args(vae_section.get("nvae", {}))
     return 1

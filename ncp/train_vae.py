@@ -71,49 +71,11 @@ def kl_weight(
     return max(min(beta, 1.0), min_coeff)
 
 
-def nvae_arch_args(vae: VAEConfig, data: DataConfig) -> dict:
-    """NVAE's arguments for this dataset: the params' `vae.nvae` with the dataset filled in."""
-    dataset_for = {
-        "mnist5k": "mnist",
-        "mnist": "mnist",
-        "idx": "mnist",
-        "cifar10": "cifar10",
-        "celeba64": "celeba_64",
-        "celebahq256": "celeba_256",
-    }
-    args = dict(vae.nvae)
-    if data.name == "folder" and "dataset" not in args:
-        # NVAE knows no such dataset: name it, and give the shape its name cannot carry
-        if data.image_size is None:
-            raise ValueError("data.name folder with an NVAE needs data.image_size (or vae.nvae.dataset)")
-        args.update(dataset="folder", input_size=data.image_size, input_channels=1 if data.grayscale else 3)
-    if "dataset" not in args:  # a dataset without an NVAE name must give vae.nvae.dataset itself
-        if data.name not in dataset_for:
-            raise ValueError(f"set vae.nvae.dataset: NVAE has no dataset name for data.name {data.name!r}")
-        args["dataset"] = dataset_for[data.name]
-    return args
-
-
-def training_mean_image(train_set) -> torch.Tensor:
-    """Mean training image (C, H, W) of pixel / 255: for binary data, the mean of the Bernoulli
-    probabilities dynamic binarisation draws from (the IWAE-paper init of the MLP VAE)."""
-    total = torch.zeros(train_set.images.shape[1:], dtype=torch.float64)
-    for start in range(0, len(train_set.images), 10_000):  # chunks: no float copy of the whole set
-        total += train_set.images[start : start + 10_000].to(torch.float64).sum(dim=0)
-    return (total / (255.0 * len(train_set.images))).float()
-
-
-def arch_args_for(vae: VAEConfig, data: DataConfig) -> dict:
-    """Constructor arguments of the configured backbone."""
-    if vae.arch == "nvae":
-        return nvae_arch_args(vae, data)
-    return dict(vae.mlp if vae.arch == "mlp" else vae.conv)
-
-
 def vae_loss(
-    model, x: torch.Tensor, beta: float, train: VAETrainConfig, is_nvae: bool, noise_scale: float = 1.0
+    model, x: torch.Tensor, beta: float, train: VAETrainConfig, noise_scale: float = 1.0
 ) -> tuple[torch.Tensor, dict]:
-    """Negative ELBO with KL weight ``beta`` (balanced across groups for NVAE) plus NVAE's regulariser.
+    """Negative ELBO with KL weight ``beta`` plus the backbone's regulariser; the backbone decides how
+    its KL is weighted (NVAE balances it across groups) and what its regulariser is (``ncp.models.base``).
 
     ``model`` may be wrapped in DistributedDataParallel: the forward pass goes through the wrapper (which
     synchronises gradients), everything else acts on the model inside it.
@@ -127,19 +89,12 @@ def vae_loss(
         raise NonFiniteLoss("in the forward pass (a distribution got NaN parameters)") from None
     recon = -core.log_px(output.logits, x)  # (B,)
     kl_per_group = output.kl  # (B, K)
-    if is_nvae and train.kl_balance and beta < 1.0 and kl_per_group.shape[1] > 1:
-        from ncp.models.nvae import kl_balance_coefficients
-
-        # Per process, from its own batch, as NVAE's kl_balancer does.
-        coefficients = kl_balance_coefficients(kl_per_group, core.kl_alpha())  # (K,), detached
-        kl_term = beta * (kl_per_group * coefficients).sum(dim=1)
-    else:
-        kl_term = beta * kl_per_group.sum(dim=1)
+    kl_term = core.kl_term(kl_per_group, beta, balance=train.kl_balance)  # (B,)
     loss = (recon + kl_term).mean()
     stats = {"recon": recon.mean().item(), "kl": kl_per_group.sum(dim=1).mean().item()}
     regulariser = None
-    if is_nvae and train.weight_decay_norm > 0:
-        regulariser = core.spectral_loss() + core.batchnorm_loss()
+    if train.weight_decay_norm > 0:
+        regulariser = core.regulariser()
         loss = loss + train.weight_decay_norm * regulariser
         stats["reg"] = regulariser.item()
     if not torch.isfinite(loss):
@@ -149,18 +104,12 @@ def vae_loss(
 
 
 def train_step(
-    model,
-    optimizer,
-    x: torch.Tensor,
-    beta: float,
-    train: VAETrainConfig,
-    is_nvae: bool,
-    noise_scale: float = 1.0,
+    model, optimizer, x: torch.Tensor, beta: float, train: VAETrainConfig, noise_scale: float = 1.0
 ) -> dict:
     """One optimiser step on batch ``x`` (gradients averaged over processes under DDP); returns the loss stats."""
     fault = None
     try:
-        loss, stats = vae_loss(model, x, beta, train, is_nvae, noise_scale)
+        loss, stats = vae_loss(model, x, beta, train, noise_scale)
     except NonFiniteLoss as error:
         fault = error
     if distributed.is_distributed():  # all processes roll back together, or none does (no hung all-reduce)
@@ -250,7 +199,7 @@ def _cli_args(
     data: DataConfig, vae: VAEConfig, seed: int, device: str, train_data: Path, out: Path, work_dir: Path
 ) -> list[str]:
     """The `ncp` arguments that run this same stage (the params as JSON, like Snakemake passes them)."""
-    vae_section = dataclasses.asdict(vae)
+    vae_section = vae.to_section()
     run = {"device": device, "checkpoint_every": vae_section["train"].pop("checkpoint_every")}
     params = {"seed": seed, "run": run, "data": dataclasses.asdict(data), "vae": vae_section}
     return [
@@ -282,13 +231,10 @@ def _train(
     is_main = process_rank == 0
     generator = seed_everything(seed)  # the same on every process: shared shuffles and binarisation
     train_set = load_image_set(train_data)
-    arch_args = arch_args_for(vae, data)
-    # The MLP VAE centres its input on the training mean and starts its decoder bias at logit(mean).
-    # The mean travels in the state dict (a buffer), so the saved arch_args stay plain values.
-    build_args = (
-        {**arch_args, "data_mean": training_mean_image(train_set)} if vae.arch == "mlp" else arch_args
-    )
-    model = build_vae(vae.arch, build_args)
+    arch_args = dataclasses.asdict(vae.backbone)
+    model = build_vae(vae.arch, arch_args)
+    # E.g. the MLP VAE's input centring; what it learns travels in the state dict, not in arch_args.
+    model.initialise_from_data(train_set.images)
     if num_processes > 1:
         # BatchNorm statistics over the global batch, as NVAE. Only on GPUs: torch's SyncBatchNorm rejects
         # CPU tensors (checked with torch 2.x and gloo), so CPU processes keep per-process BatchNorm.
@@ -370,12 +316,7 @@ def _train(
             )
             try:
                 stats = train_step(
-                    network,
-                    optimizer,
-                    x.to(torch_device, memory_format=memory_format),
-                    beta,
-                    vae.train,
-                    vae.arch == "nvae",
+                    network, optimizer, x.to(torch_device, memory_format=memory_format), beta, vae.train
                 )
             except NonFiniteLoss as fault:
                 roll_back_after_fault(run_state, last_good, fault, step)
@@ -397,7 +338,7 @@ def _train(
     progress.close()
     model.eval()
     if is_main:
-        if vae.arch != "nvae" and vae.base_prior == "gmm":
+        if vae.base_prior == "gmm":  # single-group backbones only (VAEConfig checks)
             _fit_gmm_base_prior(model, train_set, vae.gmm_components, seed, torch_device)
         save_vae_checkpoint(
             model,

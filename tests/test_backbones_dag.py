@@ -16,7 +16,7 @@ from workflow_copy import REPO, copy_workflow, jobs_by_experiment
 
 from ncp.config import deep_merge
 from ncp.data import load_image_set
-from ncp.models.nvae.config import NVAE_DEFAULT_ARGS, NVAEConfig
+from ncp.models.nvae.config import NVAE_DEFAULT_ARGS, NVAEConfig, split_training_flags
 from ncp.models.registry import load_vae_checkpoint
 from ncp.priors.gmm import GMMPrior
 
@@ -90,7 +90,9 @@ def _import_fixture_checkpoint(workdir: Path) -> dict | None:
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    return {"vae": {"arch": "nvae", "init_checkpoint": str(imported), "nvae": nvae_args}}
+    # vae.nvae describes the architecture only (the schema rejects NVAE's training flags, e.g. weight_decay_norm)
+    architecture, _ = split_training_flags(nvae_args)
+    return {"vae": {"arch": "nvae", "init_checkpoint": str(imported), "nvae": architecture}}
 
 
 CONV_TINY = {

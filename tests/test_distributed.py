@@ -1,6 +1,7 @@
 """Multi-process stage 1 (DistributedDataParallel) on the CPU with gloo: sharding, one step against one
 process with the whole batch, and `ncp train-vae` under torchrun end to end."""
 
+import dataclasses
 import json
 import os
 import socket
@@ -18,7 +19,7 @@ from ncp.config import ExperimentConfig
 from ncp.data import ImageSet, iterate_batches, save_image_set
 from ncp.models.nvae.layers import BatchNormSwish, WrappedBatchNorm
 from ncp.models.registry import build_vae, load_vae_checkpoint
-from ncp.train_vae import _optimizer, epoch_batches, train_step, training_mean_image
+from ncp.train_vae import _optimizer, epoch_batches, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 GLOBAL_BATCH = 8
@@ -49,12 +50,13 @@ def _one_step(process_rank: int, num_processes: int) -> tuple[dict, dict]:
     cfg = ExperimentConfig.from_params(_tiny_params(batch_size=GLOBAL_BATCH // num_processes))
     train_set = _tiny_image_set(32)
     torch.manual_seed(cfg.seed)
-    model = build_vae("mlp", {**cfg.vae.mlp, "data_mean": training_mean_image(train_set)})
+    model = build_vae("mlp", dataclasses.asdict(cfg.vae.mlp))
+    model.initialise_from_data(train_set.images)
     optimizer = _optimizer(model, cfg.vae.train)
     network = distributed.wrap_model(model, torch.device("cpu"))
     generator = torch.Generator().manual_seed(cfg.seed)
     x = next(epoch_batches(train_set, cfg.vae.train.batch_size, generator, process_rank, num_processes))
-    train_step(network, optimizer, x, 0.5, cfg.vae.train, is_nvae=False, noise_scale=0.0)
+    train_step(network, optimizer, x, 0.5, cfg.vae.train, noise_scale=0.0)
     params = {name: p.detach().clone() for name, p in model.named_parameters()}
     grads = {name: p.grad.detach().clone() for name, p in model.named_parameters()}
     return params, grads

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ncp.data import load_dataset
+from ncp.data import float_to_uint8, load_dataset
 from ncp.metrics.feature_nets import (
     DomainFeatures,
     classifier_accuracy,
@@ -22,7 +22,6 @@ from ncp.metrics.fid import (
     feature_statistics,
     fid_against_reference,
     fid_from_features,
-    float_to_uint8,
     frechet_distance,
     kid_from_features,
     load_reference_features,

@@ -58,7 +58,8 @@ def reference_model(name: str) -> tuple[NVAE, dict]:
     """The fixture's model, loaded strictly, in eval mode, with its recorded inputs and outputs."""
     args = json.loads(fixture(f"{name}_args.json").read_text())["args"]
     state_dict = torch.load(fixture(f"{name}_state_dict.pt"), weights_only=True)["state_dict"]
-    model = NVAE.from_args(args)
+    model, dropped = NVAE.from_official_args(args)  # the fixture's args hold a training flag too
+    assert dropped == ["weight_decay_norm"]
     assert list(model.state_dict()) == list(state_dict), "parameter names or order differ from NVAE's"
     model.load_state_dict(state_dict, strict=True)
     return model.eval(), torch.load(fixture(f"{name}_io.pt"), weights_only=True)
@@ -168,7 +169,7 @@ def test_paper_configurations_have_nvae_state_dict_layout() -> None:
     paper = json.loads(fixture("nvae_paper_state_dict_shapes.json").read_text())
     for dataset, reference in paper.items():
         with torch.device("meta"):
-            model = NVAE.from_args(reference["args"])
+            model, _ = NVAE.from_official_args(reference["args"])
         shapes = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
         assert list(shapes) == list(reference["state_dict"]), f"{dataset}: names or order differ"
         assert shapes == reference["state_dict"], f"{dataset}: shapes differ"
@@ -221,6 +222,18 @@ def test_config_reads_nvae_args_and_overrides() -> None:
         ours(torch.zeros(2, 3, 32, 32))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         ours(torch.full((2, 1, 32, 32), 2.0))
+
+
+def test_unknown_nvae_args_are_errors_and_only_official_args_drop_training_flags() -> None:
+    # A typo must not fall back to NVAE's default (10 groups per scale) silently.
+    with pytest.raises(ValueError, match="unknown NVAE argument.*num_groups_per_scal\\b"):
+        NVAE.from_args({**TINY_MNIST_ARGS, "num_groups_per_scal": 3})
+    with pytest.raises(ValueError, match="unknown NVAE argument.*batch_size"):
+        NVAEConfig.from_args({**TINY_MNIST_ARGS, "batch_size": 200})
+    official = {**TINY_MNIST_ARGS, "batch_size": 200, "learning_rate": 1e-2, "save": "/tmp/exp"}
+    model, dropped = NVAE.from_official_args(official)
+    assert dropped == ["batch_size", "learning_rate", "save"]
+    assert model.config == NVAE.from_args(TINY_MNIST_ARGS).config and "batch_size" not in model.args
 
 
 def test_kl_balancing_matches_nvae_square_scheme() -> None:

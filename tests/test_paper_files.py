@@ -11,8 +11,6 @@ import torch
 from ncp import model_origin, tables
 from ncp.config import ExperimentConfig, load_params_files
 from ncp.data import ImageSet, save_image_set
-from ncp.models.nvae import NVAEConfig
-from ncp.train_vae import nvae_arch_args
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_FILES = sorted((REPO / "params" / "paper").glob("*.yaml"))
@@ -25,7 +23,7 @@ def _params(*files):
 
 def _likelihood(params):
     cfg = ExperimentConfig.from_params(params)
-    return NVAEConfig.from_args(nvae_arch_args(cfg.vae, cfg.data)).likelihood
+    return cfg.vae.nvae.likelihood
 
 
 @pytest.mark.parametrize("stem", ["cifar10_nvae", "celeba64_nvae_30groups", "celebahq256_nvae_20groups"])
@@ -105,7 +103,7 @@ def test_train_vae_stops_after_max_steps_and_records_the_data_it_saw(tmp_path):
 
 def test_decoder_labels_name_each_likelihood():
     def nvae(**args):
-        from ncp.models.nvae import NVAE
+        from ncp.models.nvae import NVAE, NVAEConfig
 
         return NVAE(
             NVAEConfig.from_args({"dataset": "cifar10", "num_channels_enc": 4, "num_channels_dec": 4, **args})

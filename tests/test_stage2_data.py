@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import signal
@@ -324,14 +325,13 @@ def micro_vae(tmp_path_factory):
     from ncp.config import ExperimentConfig, load_params_files
     from ncp.data.datasets import ImageSet, save_image_set
     from ncp.models.registry import build_vae, save_vae_checkpoint
-    from ncp.train_vae import arch_args_for
 
     root = tmp_path_factory.mktemp("micro_vae")
     cfg = ExperimentConfig.from_params(
         load_params_files([REPO / "params/default.yaml", REPO / "params/test/micro.yaml"])
     )
     torch.manual_seed(0)
-    args = arch_args_for(cfg.vae, cfg.data)
+    args = dataclasses.asdict(cfg.vae.backbone)
     save_vae_checkpoint(build_vae("nvae", args), "nvae", args, root / "vae.pt")
     images = (torch.rand(96, 1, 32, 32) * 255).to(torch.uint8)
     save_image_set(ImageSet(images, None, "mnist5k", "train", binary=True), root / "train.pt")

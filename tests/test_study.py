@@ -1,14 +1,12 @@
 """ncp/workflow/study.py: the sub-experiments a params file's paper tables gather, Table 8's sweep names, and the
 metric files (Snakemake inputs) each paper table is built from; all known answers from small params."""
 
-from dataclasses import replace
-
 import pytest
 import yaml
 
 from ncp.config import ConfigError, ExperimentConfig, resolve_params
+from ncp.variants import apply_variant, parse_variant, variant_name
 from ncp.workflow.study import (
-    parse_variant,
     sharing_owner,
     study_experiments,
     sweep_variants,
@@ -138,15 +136,18 @@ def test_parse_variant_round_trip_onto_the_sample_config():
         "base": ("base", {}),
         "sir": ("sir", {}),
         "ld": ("ld", {}),
-        "sir_m500": ("sir", {"sir_num_proposals": 500}),
-        "ld_t7": ("ld", {"ld_num_steps": 7}),
+        "sir_m500": ("sir", {"num_proposals": 500}),
+        "ld_t7": ("ld", {"num_steps": 7}),
     }
     for name, answer in expected.items():
         assert parse_variant(name) == answer
-    _, overrides = parse_variant("sir_m500")
-    assert replace(sample, **overrides).sir_num_proposals == 500  # the keys are SampleConfig fields
-    _, overrides = parse_variant("ld_t7")
-    assert replace(sample, **overrides).ld_num_steps == 7
+    for sampler, value in (("sir", 500), ("ld", 7)):  # the planner's names read back as they were made
+        assert parse_variant(variant_name(sampler, value))[0] == sampler
+    sampler, applied = apply_variant(sample, "sir_m500")
+    assert sampler == "sir" and applied.sir.num_proposals == 500  # the keys are SampleConfig fields
+    assert applied.ld == sample.ld and applied.sir.chunk_size == sample.sir.chunk_size
+    sampler, applied = apply_variant(sample, "ld_t7")
+    assert sampler == "ld" and applied.ld.num_steps == 7
     for junk in ("sir_mx", "foo", "sir_m", "ld_t5x", "sir_t5", "SIR", ""):
         with pytest.raises(ValueError, match="unknown sampling method"):
             parse_variant(junk)

@@ -41,12 +41,20 @@ def test_dry_run_has_one_nce_job_per_latent_group(tmp_path):
         assert jobs[(table, "")] == 1
 
 
-def test_bad_params_stop_the_workflow_before_any_job(tmp_path):
+@pytest.mark.parametrize(
+    "bad, key",
+    [
+        ("nce:\n  epochs: 0\n", "epochs"),
+        # a typo in a backbone section (NVAE's default of 10 groups per scale used to take its place)
+        ("vae:\n  nvae:\n    num_groups_per_scal: 3\n", "num_groups_per_scal"),
+    ],
+)
+def test_bad_params_stop_the_workflow_before_any_job(tmp_path, bad, key):
     copy_workflow(tmp_path)
-    (tmp_path / "bad.yaml").write_text("nce:\n  epochs: 0\n")
+    (tmp_path / "bad.yaml").write_text(bad)
     result = _snakemake(tmp_path, "-n", "--cores", "1", "--configfile", "bad.yaml")
     assert result.returncode != 0
-    assert "epochs" in result.stdout + result.stderr
+    assert key in result.stdout + result.stderr
 
 
 def _markdown_rows(path: Path) -> list[dict]:

@@ -311,6 +311,11 @@ def to_float(images: Tensor) -> Tensor:
     return images.float() / 255.0
 
 
+def float_to_uint8(images: Tensor) -> Tensor:
+    """Float images in [0, 1] -> uint8 0..255 (clamped, rounded): how generated images are stored."""
+    return (images.detach().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 def prepare_batch(images: Tensor, binary: bool, generator: torch.Generator | None = None) -> Tensor:
     """The float model input for uint8 images: a fresh binarisation if ``binary``, else pixel / 255."""
     return binarize(images, generator) if binary else to_float(images)

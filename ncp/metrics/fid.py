@@ -57,11 +57,6 @@ class ReferenceFeatures:
     dataset: str | None = None  # the params' data.name the reference images came from (None: not recorded)
 
 
-def float_to_uint8(images: Tensor) -> Tensor:
-    """Float images in [0, 1] -> uint8 0..255 (rounded), the form the feature code takes."""
-    return (images.detach().clamp(0, 1) * 255).round().to(torch.uint8)
-
-
 def compute_features(
     images: Tensor, feature_net, batch_size: int = 50, desc: str | None = None
 ) -> np.ndarray:
@@ -227,22 +222,6 @@ def fid_against_reference(
         kid_std,
         kid_subsets if kid is not None else 0,
     )
-
-
-def fid_between_images(
-    images: Tensor,
-    reference_images: Tensor,
-    feature_net,
-    batch_size: int = 50,
-    with_kid: bool = True,
-    seed: int = 0,
-) -> FIDResult:
-    """FID / KID between two uint8 image sets (N, C, H, W) under ``feature_net``."""
-    reference = reference_from_features(
-        compute_features(reference_images, feature_net, batch_size), feature_net.name
-    )
-    feats = compute_features(images, feature_net, batch_size)
-    return fid_against_reference(feats, reference, feature_net.name, with_kid=with_kid, seed=seed)
 
 
 def save_reference_features(path: str | Path, reference: ReferenceFeatures) -> None:

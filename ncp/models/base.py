@@ -6,15 +6,19 @@ once. A latent *group* k has a prior ``p(z_k | z_<k)`` that the backbone hands o
 ``torch.distributions.Distribution`` whose ``log_prob`` returns one number per image (batch shape
 ``(B,)``, event shape = the group's latent shape), and a *context* ``c(z_<k)``: the decoder state that
 parameterises that prior (``None`` where the prior has no input, e.g. group 0 or a single-group VAE).
+
+The stages never ask which backbone they hold: what differs between backbones in training and evaluation
+(the typed config and NVAE's dataset names, data-dependent initialisation, the KL term with NVAE's
+balancing, NVAE's spectral regulariser, the scored dimensions of bits/dim, BatchNorm re-adjustment for
+low-temperature samples) is a method here. tests/test_backbone_contract.py checks each on every backbone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
@@ -50,6 +54,7 @@ class LatentVAE(Protocol):
     """A VAE whose latent hierarchy stage 2 can reweight (see the module docstring)."""
 
     num_groups: int
+    config_class: type  # the frozen dataclass of its architecture (NVAEConfig, MLPVAEConfig, ...)
 
     def group_shapes(self) -> list[tuple[int, ...]]:
         """Shape of z_k (without the batch dimension) for each group, in ancestral order."""
@@ -73,12 +78,32 @@ class LatentVAE(Protocol):
     def mean_image(self, logits: Tensor) -> Tensor:
         """The image the decoder output stands for (its mean), (B, C, H, W) in [0, 1]."""
 
+    # ---- what the stages ask of a backbone instead of checking which one it is ------------------
+    @classmethod
+    def config_from_params(cls, section: dict[str, Any], data_name: str) -> Any:
+        """The backbone's typed config from its params section (``vae.<arch>``) and ``data.name``
+        (NVAE names its datasets itself; single-group VAEs ignore the name). Unknown keys: ValueError."""
+
+    def initialise_from_data(self, images: Tensor) -> None:
+        """Data-dependent initialisation from uint8 training images (N, C, H, W) before stage 1
+        (the MLP VAE's input centring and output bias); a no-op elsewhere."""
+
+    def kl_term(self, kl_per_group: Tensor, beta: float, balance: bool) -> Tensor:
+        """The KL part of the training loss per image, (B,): ``beta`` times the (balanced) sum over
+        groups of ``kl_per_group`` (B, K); ``balance`` asks for NVAE's KL balancing where it applies."""
+
+    def regulariser(self) -> Tensor:
+        """The backbone's own smoothness term, a scalar weighted by vae.train.weight_decay_norm
+        (NVAE: spectral + BatchNorm; zero for the others)."""
+
+    def scored_dims(self) -> int:
+        """Values per image that log p(x|z) scores: the D of bits/dim."""
+
+    def prepare_for_temperature(self, temperature: float, batch_size: int) -> None:
+        """Get ready to sample at a reduced ``temperature`` for qualitative figures (NVAE re-adjusts its
+        BatchNorm statistics, in place: call it on a copy); a no-op where nothing depends on it."""
+
 
 def sample_from_prior(k: int, prior: Distribution, context: Tensor | None) -> Tensor:
     """The base prior's GroupSampler: draw z_k from p(z_k | z_<k)."""
     return prior.sample()
-
-
-def stack_group_shapes(shapes: Sequence[tuple[int, ...]]) -> int:
-    """Total number of latent dimensions over the given group shapes."""
-    return int(sum(torch.Size(s).numel() for s in shapes))

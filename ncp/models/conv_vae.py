@@ -141,6 +141,12 @@ class ConvVAE(SingleGroupVAE):
             self.register_buffer("log_normal_std", log_std)
         self._build_base_prior()
 
+    config_class = ConvVAEConfig
+
+    def scored_dims(self) -> int:
+        """Every channel and pixel: log p(x|z) scores the whole image."""
+        return self.config.in_channels * self.config.image_size**2
+
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ConvVAE:
         """Build from ``dataclasses.asdict(model.config)`` (lists are read back as tuples); a

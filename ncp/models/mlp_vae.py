@@ -49,6 +49,14 @@ class MLPVAEConfig:
         check_base_prior_fields(self.base_prior, self.gmm_components, self.gmm_covariance)
 
 
+def mean_pixel(images: Tensor) -> Tensor:
+    """Mean image (C, H, W) of uint8 ``images`` / 255, summed in chunks (no float copy of the whole set)."""
+    total = torch.zeros(images.shape[1:], dtype=torch.float64)
+    for start in range(0, len(images), 10_000):
+        total += images[start : start + 10_000].to(torch.float64).sum(dim=0)
+    return (total / (255.0 * len(images))).float()
+
+
 def tanh_mlp(sizes: list[int]) -> nn.Sequential:
     """Linear layers through ``sizes`` with tanh between them (none after the last)."""
     layers: list[nn.Module] = []
@@ -75,15 +83,29 @@ class MLPVAE(SingleGroupVAE):
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)  # Glorot-uniform, as EIM's Keras layers
                 nn.init.zeros_(module.bias)
-        if data_mean is None:
-            # No centring; the output bias stays at logit(0.5) = 0.
-            self.register_buffer("data_mean", torch.zeros(pixels))
-        else:
-            mean = self._mean_to_crop(data_mean)  # (crop^2,)
-            self.register_buffer("data_mean", mean)
-            with torch.no_grad():
-                self.decoder[-1].bias.copy_(torch.logit(mean.clamp(1e-4, 1 - 1e-4)))
+        # Without a data mean: no centring, and the output bias stays at logit(0.5) = 0.
+        self.register_buffer("data_mean", torch.zeros(pixels))
+        if data_mean is not None:
+            self._set_data_mean(data_mean)
         self._build_base_prior()
+
+    config_class = MLPVAEConfig
+
+    def _set_data_mean(self, data_mean: Tensor) -> None:
+        """Centre the encoder input on ``data_mean`` and start the output bias at logit(mean)."""
+        mean = self._mean_to_crop(data_mean).to(self.data_mean)  # (crop^2,)
+        self.data_mean.copy_(mean)
+        with torch.no_grad():
+            self.decoder[-1].bias.copy_(torch.logit(mean.clamp(1e-4, 1 - 1e-4)))
+
+    def initialise_from_data(self, images: Tensor) -> None:
+        """The IWAE-paper init from uint8 training images (N, 1, H, W): their mean pixel / 255, for binary
+        data the mean of the Bernoulli probabilities dynamic binarisation draws from."""
+        self._set_data_mean(mean_pixel(images))
+
+    def scored_dims(self) -> int:
+        """The crop_size^2 central pixels log p(x|z) scores (784 for MNIST)."""
+        return self.config.crop_size**2
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> MLPVAE:

@@ -7,6 +7,7 @@ a later stage needs to rebuild the model, in the spirit of nanoGPT's ``model_arg
 
 from __future__ import annotations
 
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -15,24 +16,32 @@ import torch
 from ncp.runtime import atomic_save, load_state_dict_strictly, load_torch
 
 CHECKPOINT_FORMAT = "ncp-vae/1"
-ARCHES = ("nvae", "mlp", "conv")
+# vae.arch -> where the backbone class lives (imported on use: a run pays only for the backbone it builds)
+_CLASSES = {
+    "nvae": ("ncp.models.nvae.model", "NVAE"),
+    "mlp": ("ncp.models.mlp_vae", "MLPVAE"),
+    "conv": ("ncp.models.conv_vae", "ConvVAE"),
+}
+ARCHES = tuple(_CLASSES)
+
+
+def backbone_class(arch: str) -> type:
+    """The class of backbone ``arch`` ('nvae', 'mlp' or 'conv')."""
+    if arch not in _CLASSES:
+        raise ValueError(f"unknown VAE arch {arch!r}; expected one of {', '.join(ARCHES)}")
+    module, name = _CLASSES[arch]
+    return getattr(import_module(module), name)
+
+
+def backbone_config(arch: str, section: dict, data_name: str) -> Any:
+    """The typed config of backbone ``arch`` from its params section and the data set's name."""
+    return backbone_class(arch).config_from_params(section, data_name)
 
 
 def build_vae(arch: str, arch_args: dict) -> torch.nn.Module:
-    """A fresh backbone of kind ``arch`` ('nvae', 'mlp' or 'conv') from its constructor arguments."""
-    if arch == "nvae":
-        from ncp.models.nvae import NVAE
-
-        return NVAE.from_args(arch_args)
-    if arch == "mlp":
-        from ncp.models.mlp_vae import MLPVAE
-
-        return MLPVAE.from_config(arch_args)
-    if arch == "conv":
-        from ncp.models.conv_vae import ConvVAE
-
-        return ConvVAE.from_config(arch_args)
-    raise ValueError(f"unknown VAE arch {arch!r}; expected one of {', '.join(ARCHES)}")
+    """A fresh backbone of kind ``arch`` from its constructor arguments: ``dataclasses.asdict`` of its
+    typed config, as a checkpoint stores them."""
+    return backbone_class(arch).from_config(arch_args)
 
 
 def save_vae_checkpoint(

@@ -195,3 +195,26 @@ class SingleGroupVAE(nn.Module):
     def sample(self, num_images: int, temperature: float = 1.0) -> Tensor:
         """Decoder output parameters for z drawn from the base prior."""
         return self.walk_prior(num_images, sample_from_prior, temperature).logits
+
+    # ---- what the stages ask of a backbone (ncp.models.base.LatentVAE) ---------------------------
+    config_class: type  # the frozen config dataclass of the subclass
+
+    @classmethod
+    def config_from_params(cls, section: dict[str, Any], data_name: str) -> Any:
+        """The typed config of the params' section (``vae.mlp`` / ``vae.conv``); the data set's name
+        does not change a single-group VAE. Unknown keys raise ValueError."""
+        return config_from_dict(cls.config_class, section)
+
+    def kl_term(self, kl_per_group: Tensor, beta: float, balance: bool) -> Tensor:
+        """beta * KL per image, (B,); one group leaves nothing to balance."""
+        return beta * kl_per_group.sum(dim=1)
+
+    def regulariser(self) -> Tensor:
+        """No smoothness term (NVAE's spectral regulariser is NVAE's): a zero on the model's device."""
+        return next(self.parameters()).new_zeros(())
+
+    def initialise_from_data(self, images: Tensor) -> None:
+        """No data-dependent initialisation unless a subclass has one (the MLP VAE does)."""
+
+    def prepare_for_temperature(self, temperature: float, batch_size: int) -> None:
+        """Nothing to adjust: the temperature only scales the prior's std (no BatchNorm re-estimate)."""

@@ -215,8 +215,3 @@ def build_classifier(
         "num_downsamples": num_downsamples,
     }
     return classifier
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)

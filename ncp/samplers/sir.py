@@ -42,11 +42,6 @@ class SIRGroupStats:
     # depend on z_<k, i.e. where the sampled (locally normalised) and scored (one global Z) priors agree
     std_log_mean_r: float = 0.0
 
-    @property
-    def mean_ess_fraction(self) -> float:
-        """mean_ess / M, in [1/M, 1]: 1 when p and q agree."""
-        return self.mean_ess / self.num_proposals
-
 
 def largest_output_bytes(module: nn.Module, *inputs) -> tuple[Tensor, int]:
     """``module(*inputs)`` and the bytes of the largest tensor any of its submodules returned."""
@@ -197,7 +192,7 @@ class SIRSampler:
         totals[3] += log_mean_r.square().sum().item()
 
     def diagnostics(self) -> dict[int, SIRGroupStats]:
-        """Per-group ESS statistics over all calls since construction or ``reset_diagnostics``."""
+        """Per-group ESS statistics over all calls since construction."""
         return {
             k: SIRGroupStats(
                 num_images=int(n),
@@ -208,10 +203,6 @@ class SIRSampler:
             )
             for k, (n, ess_sum, log_r_sum, square_sum) in sorted(self._totals.items())
         }
-
-    def reset_diagnostics(self) -> None:
-        """Forget the recorded statistics."""
-        self._totals.clear()
 
 
 class _LogRatio(nn.Module):

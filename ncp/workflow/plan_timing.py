@@ -10,6 +10,7 @@ close to linear in the batch); on a GPU at the real batch, where it is not.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import resource
 import time
@@ -41,10 +42,9 @@ def _timed(fn, device: torch.device, repeats: int = 1) -> float:
 def _build(params: dict, device: torch.device):
     from ncp.config import ExperimentConfig
     from ncp.models.registry import build_vae
-    from ncp.train_vae import arch_args_for
 
     cfg = ExperimentConfig.from_params(params)
-    args = arch_args_for(cfg.vae, cfg.data)
+    args = dataclasses.asdict(cfg.vae.backbone)
     if cfg.vae.arch == "mlp":  # its training mean is a buffer; any image will do for timing
         args = {**args, "data_mean": torch.full((1, 32, 32), 0.5)}
     started = time.perf_counter()
@@ -111,11 +111,11 @@ def time_stage2(params: dict, device_name: str) -> dict:
     ]
     prior = NCPPrior(classifiers)
     prior.freeze()
-    chunk = cfg.sample.sir_chunk_size
+    chunk = cfg.sample.sir.chunk_size
     sir = SIRSampler(prior, num_proposals=chunk, chunk_size=chunk)  # one chunk: SIR is linear in chunks
     sir_s = _timed(lambda: model.walk_prior(images, sir), device) / images
     result["sir_chunk_s"] = max(0.0, sir_s - result["base_image_s"])
-    ld = LangevinSampler(prior, num_steps=2, step_size=cfg.sample.ld_step_size)
+    ld = LangevinSampler(prior, num_steps=2, step_size=cfg.sample.ld.step_size)
     ld_s = _timed(lambda: model.walk_prior(images, ld), device) / images
     result["ld_step_s"] = max(0.0, ld_s - result["base_image_s"]) / 2
     result["sample_peak_bytes"] = _peak_bytes(device)

@@ -11,16 +11,14 @@ This module is pure Python (no torch): the Snakefile and `ncp export-dvc` import
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import yaml
 
 from ncp.config import ConfigError, deep_merge, num_latent_groups, resolve_params, stage_params
-
-_VARIANT = re.compile(r"^(?:(base|sir|ld)|sir_m(\d+)|ld_t(\d+))$")
+from ncp.paper_results import paper_results
+from ncp.variants import variant_name
 
 
 @dataclass(frozen=True)
@@ -116,24 +114,11 @@ def sweep_variants(params: dict) -> list[str]:
     names = []
     for m in sweep["sir_num_proposals"]:
         own = same_count and "sir" in sample["methods"] and m == sample["sir"]["num_proposals"]
-        names.append("sir" if own else f"sir_m{m}")
+        names.append("sir" if own else variant_name("sir", m))
     for t in sweep["ld_num_steps"]:
         own = same_count and "ld" in sample["methods"] and t == sample["ld"]["num_steps"]
-        names.append("ld" if own else f"ld_t{t}")
+        names.append("ld" if own else variant_name("ld", t))
     return names
-
-
-def parse_variant(name: str) -> tuple[str, dict]:
-    """`sir_m500` -> ("sir", {"sir_num_proposals": 500}); plain `base`/`sir`/`ld` have no overrides."""
-    match = _VARIANT.match(name)
-    if not match:
-        raise ValueError(f"unknown sampling method {name!r}; expected base, sir, ld, sir_m<M> or ld_t<T>")
-    plain, proposals, steps = match.groups()
-    if plain:
-        return plain, {}
-    if proposals:
-        return "sir", {"sir_num_proposals": int(proposals)}
-    return "ld", {"ld_num_steps": int(steps)}
 
 
 def table9_run(experiments: list[Experiment]) -> str:
@@ -175,9 +160,7 @@ def table_metric_files(experiments: list[Experiment], table: str, variants: list
         return files
     # Tables 1-6: the files behind the rows' `ours:` keys (fid.* or nll.*), from this run where the table
     # is one of its own (`paper.tables`), and from the table's sub-experiments
-    rows = yaml.safe_load(resources.files("ncp").joinpath("paper_results.yaml").read_text())["tables"][table][
-        "rows"
-    ]
+    rows = paper_results()["tables"][table]["rows"]
     kinds = sorted({row["ours"].split(".")[0] for row in rows if row.get("ours")})
     own = table in experiments[0].params["paper"]["tables"]
     sources = runs if own else runs[1:]

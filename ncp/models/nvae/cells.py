@@ -27,37 +27,6 @@ from ncp.models.nvae.layers import (
 UPSAMPLE = -1  # NVAE encodes "upsample x2" as stride -1
 
 
-def _arch(enc: list[str], dec: list[str], pre: list[str], post: list[str]) -> dict[str, list[str]]:
-    return {
-        "normal_enc": enc,
-        "down_enc": enc,
-        "normal_dec": dec,
-        "up_dec": dec,
-        "normal_pre": pre,
-        "down_pre": pre,
-        "normal_post": post,
-        "up_post": post,
-    }
-
-
-_BNSWISH2, _MB6, _MB3 = ["res_bnswish", "res_bnswish"], ["mconv_e6k5g0"], ["mconv_e3k5g0"]
-# The operations of each cell type, per NVAE arch_instance (utils.get_arch_cells).
-ARCH_CELLS: dict[str, dict[str, list[str]]] = {
-    "res_elu": _arch(["res_elu"] * 2, ["res_elu"] * 2, ["res_elu"] * 2, ["res_elu"] * 2),
-    "res_bnelu": _arch(["res_bnelu"] * 2, ["res_bnelu"] * 2, ["res_bnelu"] * 2, ["res_bnelu"] * 2),
-    "res_bnswish": _arch(_BNSWISH2, _BNSWISH2, _BNSWISH2, _BNSWISH2),
-    "mbconv_sep": _arch(_MB6, _MB6, _MB3, _MB3),
-    "mbconv_sep11": _arch(["mconv_e6k11g0"], ["mconv_e6k11g0"], _MB3, _MB3),
-    "res_mbconv": _arch(_BNSWISH2, _MB6, _BNSWISH2, _MB3),
-    "res53_mbconv": _arch(["res_bnswish5", "res_bnswish"], _MB6, ["res_bnswish5", "res_bnswish"], _MB3),
-    "res35_mbconv": _arch(["res_bnswish", "res_bnswish5"], _MB6, ["res_bnswish", "res_bnswish5"], _MB3),
-    "res55_mbconv": _arch(["res_bnswish5"] * 2, _MB6, ["res_bnswish5"] * 2, _MB3),
-    "res_mbconv9": _arch(_BNSWISH2, ["mconv_e6k9g0"], _BNSWISH2, ["mconv_e3k9g0"]),
-    "mbconv_res": _arch(_MB6, _BNSWISH2, _MB3, _BNSWISH2),
-    "mbconv_den": _arch(_MB6, _MB6, ["mconv_e3k5g8"], ["mconv_e3k5g8"]),
-}
-
-
 def stride_of(cell_type: str) -> int:
     """1 for normal cells, 2 for down cells, UPSAMPLE for up cells."""
     if cell_type.startswith("normal"):

@@ -1,8 +1,12 @@
 """NVAEConfig: NVAE's architecture flags as one frozen dataclass, with the values derived from them.
 
 NVAE (Vahdat & Kautz 2020, NVlabs/NVAE) passes its argparse Namespace into every constructor. Here the
-flags are read once (``NVAEConfig.from_args``), with NVAE's own defaults for keys that older checkpoints
-lack, and everything the model needs (groups per scale, shapes, likelihood) is a property of the config.
+flags are read once (``NVAEConfig.from_args``), with NVAE's own defaults for keys that are left out, and
+everything the model needs (groups per scale, shapes, likelihood) is a property of the config. Unknown
+keys are errors: an official checkpoint's training flags (batch size, learning rate, ...) are split off
+explicitly by ``split_training_flags`` where such a checkpoint is read (``ncp import-nvae``).
+
+This module imports no torch, so the workflow (Snakemake) can count latent groups without it.
 """
 
 from __future__ import annotations
@@ -10,10 +14,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 CHANNEL_MULT = 2  # NVAE doubles channels at every downsampling and halves them at every upsampling
-LIKELIHOODS = ("bernoulli", "dmol", "normal")
+Likelihood = Literal["bernoulli", "dmol", "normal"]
+LIKELIHOODS: tuple[Likelihood, ...] = ("bernoulli", "dmol", "normal")
 
 # NVAE's argparse defaults (train.py) for the architecture flags; evaluate.py back-fills ada_groups,
 # min_groups_per_scale and num_mixture_dec the same way for checkpoints saved before they existed.
@@ -39,6 +44,20 @@ NVAE_DEFAULT_ARGS: dict[str, Any] = {
     "use_se": False,
     "res_dist": False,
 }
+# Our own keys beside NVAE's: NVAE derives them from the dataset name; giving them explicitly lets a
+# dataset NVAE does not know be modelled (see NVAEConfig.from_args).
+DERIVED_KEYS = ("input_size", "input_channels", "likelihood", "likelihood_crop")
+ARCHITECTURE_KEYS = frozenset(NVAE_DEFAULT_ARGS) | frozenset(DERIVED_KEYS)
+
+# NVAE's name for each of our datasets (params `data.name`); `idx` files are MNIST-like digits.
+NVAE_DATASET_NAMES = {
+    "mnist5k": "mnist",
+    "mnist": "mnist",
+    "idx": "mnist",
+    "cifar10": "cifar10",
+    "celeba64": "celeba_64",
+    "celebahq256": "celeba_256",
+}
 
 # Grey-scale datasets NVAE models with a Bernoulli decoder; MNIST-like data are 28x28 padded to 32,
 # and NVAE scores only the central 28x28 (utils.reconstruction_loss, crop=True).
@@ -46,6 +65,37 @@ _BINARY_DATASETS = {"mnist", "omniglot"}
 _CROPPED_DATASETS = {"mnist", "omniglot", "stacked_mnist"}
 _FIXED_SIZES = {"mnist": 32, "omniglot": 32, "stacked_mnist": 32, "cifar10": 32, "ffhq": 256}
 _SIZE_SUFFIX = re.compile(r"^(celeba|imagenet|lsun_[a-z]+)_(\d+)$")  # e.g. celeba_64, lsun_church_128
+
+
+def _arch(enc: list[str], dec: list[str], pre: list[str], post: list[str]) -> dict[str, list[str]]:
+    return {
+        "normal_enc": enc,
+        "down_enc": enc,
+        "normal_dec": dec,
+        "up_dec": dec,
+        "normal_pre": pre,
+        "down_pre": pre,
+        "normal_post": post,
+        "up_post": post,
+    }
+
+
+_BNSWISH2, _MB6, _MB3 = ["res_bnswish", "res_bnswish"], ["mconv_e6k5g0"], ["mconv_e3k5g0"]
+# The operations of each cell type, per NVAE arch_instance (utils.get_arch_cells).
+ARCH_CELLS: dict[str, dict[str, list[str]]] = {
+    "res_elu": _arch(["res_elu"] * 2, ["res_elu"] * 2, ["res_elu"] * 2, ["res_elu"] * 2),
+    "res_bnelu": _arch(["res_bnelu"] * 2, ["res_bnelu"] * 2, ["res_bnelu"] * 2, ["res_bnelu"] * 2),
+    "res_bnswish": _arch(_BNSWISH2, _BNSWISH2, _BNSWISH2, _BNSWISH2),
+    "mbconv_sep": _arch(_MB6, _MB6, _MB3, _MB3),
+    "mbconv_sep11": _arch(["mconv_e6k11g0"], ["mconv_e6k11g0"], _MB3, _MB3),
+    "res_mbconv": _arch(_BNSWISH2, _MB6, _BNSWISH2, _MB3),
+    "res53_mbconv": _arch(["res_bnswish5", "res_bnswish"], _MB6, ["res_bnswish5", "res_bnswish"], _MB3),
+    "res35_mbconv": _arch(["res_bnswish", "res_bnswish5"], _MB6, ["res_bnswish", "res_bnswish5"], _MB3),
+    "res55_mbconv": _arch(["res_bnswish5"] * 2, _MB6, ["res_bnswish5"] * 2, _MB3),
+    "res_mbconv9": _arch(_BNSWISH2, ["mconv_e6k9g0"], _BNSWISH2, ["mconv_e3k9g0"]),
+    "mbconv_res": _arch(_MB6, _BNSWISH2, _MB3, _BNSWISH2),
+    "mbconv_den": _arch(_MB6, _MB6, ["mconv_e3k5g8"], ["mconv_e3k5g8"]),
+}
 
 
 def _dataset_size(dataset: str) -> int | None:
@@ -56,6 +106,40 @@ def _dataset_size(dataset: str) -> int | None:
     return int(match.group(2)) if match else None
 
 
+def groups_per_scale(
+    num_latent_scales: int, num_groups_per_scale: int, ada_groups: bool, min_groups_per_scale: int
+) -> tuple[int, ...]:
+    """Groups per latent scale, listed from the HIGHEST resolution down (NVAE's utils.groups_per_scale):
+    with ada_groups every coarser scale gets half as many, but at least min_groups_per_scale."""
+    groups, n = [], num_groups_per_scale
+    for _ in range(num_latent_scales):
+        groups.append(n)
+        if ada_groups:
+            n = max(min_groups_per_scale, n // 2)
+    return tuple(groups)
+
+
+def num_groups_of_args(args: Mapping[str, Any]) -> int:
+    """Latent groups of the NVAE that ``args`` (NVAE's flags; missing ones at NVAE's defaults) describe."""
+    full = {**NVAE_DEFAULT_ARGS, **args}
+    counts = groups_per_scale(
+        int(full["num_latent_scales"]),
+        int(full["num_groups_per_scale"]),
+        bool(full["ada_groups"]),
+        int(full["min_groups_per_scale"]),
+    )
+    return sum(counts)
+
+
+def split_training_flags(args: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(architecture flags, everything else) of an official checkpoint's args: NVAE saves its whole
+    argparse Namespace (batch size, learning rate, paths, ...), of which only the architecture builds
+    the model. Only the official-checkpoint readers call this; everywhere else an unknown key is an error."""
+    architecture = {key: value for key, value in args.items() if key in ARCHITECTURE_KEYS}
+    others = {key: value for key, value in args.items() if key not in ARCHITECTURE_KEYS}
+    return architecture, others
+
+
 @dataclass(frozen=True)
 class NVAEConfig:
     """Architecture of one NVAE: the argparse flags NVAE reads, plus input and likelihood settings."""
@@ -63,7 +147,7 @@ class NVAEConfig:
     dataset: str
     input_channels: int  # 1 for MNIST-like data, 3 for colour images
     input_size: int  # images are input_size x input_size
-    likelihood: str  # 'bernoulli', 'dmol' (discretised mixture of logistics) or 'normal'
+    likelihood: Likelihood  # 'dmol' = discretised mixture of logistics
     likelihood_crop: int  # pixels dropped at each border when scoring log p(x|z) (2 for MNIST: 32 -> 28)
     num_x_bits: int
     num_mixture_dec: int
@@ -92,7 +176,13 @@ class NVAEConfig:
         ``likelihood`` or ``likelihood_crop`` are given explicitly."""
         if not isinstance(args, Mapping):
             raise ValueError(f"NVAE args must be a dict (use vars(namespace)), got {type(args).__name__}")  # noqa: TRY004
-        full = {**NVAE_DEFAULT_ARGS, **args}
+        unknown = sorted(set(args) - ARCHITECTURE_KEYS)
+        if unknown:
+            raise ValueError(
+                f"unknown NVAE argument(s) {', '.join(unknown)}; known: {', '.join(sorted(ARCHITECTURE_KEYS))}"
+            )
+        # None stands for "left out" (what a JSON round trip of an unset derived key gives)
+        full = {**NVAE_DEFAULT_ARGS, **{key: value for key, value in args.items() if value is not None}}
         dataset = str(full["dataset"])
         known_size = _dataset_size(dataset)
         input_size = full.get("input_size", known_size)
@@ -125,10 +215,29 @@ class NVAEConfig:
         config.validate()
         return config
 
+    @classmethod
+    def from_params(cls, section: Mapping[str, Any], data_name: str) -> NVAEConfig:
+        """From the params' ``vae.nvae`` section; NVAE's ``dataset`` name comes from ``data.name`` (the
+        map NVAE_DATASET_NAMES) unless the section gives it."""
+        args = dict(section)
+        if "dataset" not in args and data_name == "folder":
+            # NVAE knows no such dataset: name it, and the shape its name cannot carry must be given
+            if "input_size" not in args or "input_channels" not in args:
+                raise ValueError(
+                    "data.name folder with an NVAE needs vae.nvae.input_size and vae.nvae.input_channels "
+                    "(data.image_size, and 1 for grayscale or 3)"
+                )
+            args["dataset"] = "folder"
+        if "dataset" not in args:
+            if data_name not in NVAE_DATASET_NAMES:
+                raise ValueError(
+                    f"set vae.nvae.dataset: NVAE has no dataset name for data.name {data_name!r}"
+                )
+            args["dataset"] = NVAE_DATASET_NAMES[data_name]
+        return cls.from_args(args)
+
     def validate(self) -> None:
         """Raise a one-line ValueError for settings NVAE cannot build."""
-        from ncp.models.nvae.cells import ARCH_CELLS  # the cell tables live with the cells
-
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
         if self.likelihood == "dmol" and self.input_channels != 3:
@@ -183,14 +292,10 @@ class NVAEConfig:
     # ---- derived values -------------------------------------------------------------------------
     @property
     def groups_per_scale(self) -> tuple[int, ...]:
-        """Groups per latent scale, listed from the HIGHEST resolution down (NVAE's utils.groups_per_scale):
-        with ada_groups every coarser scale gets half as many, but at least min_groups_per_scale."""
-        groups, n = [], self.num_groups_per_scale
-        for _ in range(self.num_latent_scales):
-            groups.append(n)
-            if self.ada_groups:
-                n = max(self.min_groups_per_scale, n // 2)
-        return tuple(groups)
+        """Groups per latent scale, listed from the HIGHEST resolution down (see ``groups_per_scale``)."""
+        return groups_per_scale(
+            self.num_latent_scales, self.num_groups_per_scale, self.ada_groups, self.min_groups_per_scale
+        )
 
     @property
     def groups_per_decoder_scale(self) -> tuple[int, ...]:

@@ -20,8 +20,14 @@ from torch import Tensor, nn
 from torch.distributions import Independent
 
 from ncp.models.base import GroupSampler, PriorWalk, VAEOutput, sample_from_prior
-from ncp.models.nvae.cells import ARCH_CELLS, Cell, DecCombinerCell, EncCombinerCell
-from ncp.models.nvae.config import CHANNEL_MULT, NVAE_DEFAULT_ARGS, NVAEConfig
+from ncp.models.nvae.cells import DecCombinerCell, EncCombinerCell
+from ncp.models.nvae.config import (
+    ARCH_CELLS,
+    CHANNEL_MULT,
+    NVAE_DEFAULT_ARGS,
+    NVAEConfig,
+    split_training_flags,
+)
 from ncp.models.nvae.distributions import (
     DiscretizedLogisticMixture,
     bernoulli_log_prob,
@@ -33,9 +39,20 @@ from ncp.models.nvae.distributions import (
     quantize_bits,
     sample_with_noise,
 )
-from ncp.models.nvae.flows import PairedARCell
 from ncp.models.nvae.layers import PlainConv2d, WeightNormConv2d
-from ncp.models.nvae.regularizers import SpectralNormEstimator, batchnorm_loss, kl_balance_alpha
+from ncp.models.nvae.regularizers import (
+    SpectralNormEstimator,
+    balanced_kl,
+    batchnorm_loss,
+    kl_balance_alpha,
+)
+from ncp.models.nvae.towers import (
+    build_decoder_tower,
+    build_encoder_tower,
+    build_post_process,
+    build_pre_process,
+    build_samplers,
+)
 
 # Internal rule of the top-down walk: (group k, raw prior mean, raw prior log-std, context or None) -> z_k.
 # Raw means before NVAE's soft clamp, which the residual posterior needs.
@@ -44,6 +61,8 @@ LatentPicker = Callable[[int, Tensor, Tensor, Tensor | None], Tensor]
 
 class NVAE(nn.Module):
     """NVAE's AutoEncoder implementing the LatentVAE contract (ncp.models.base)."""
+
+    config_class = NVAEConfig
 
     def __init__(self, config: NVAEConfig, args: Mapping[str, Any] | None = None) -> None:
         super().__init__()
@@ -55,20 +74,20 @@ class NVAE(nn.Module):
         # Registration order below is NVAE's, so state_dict() lists entries in the same order.
         self.prior_ftr0 = nn.Parameter(torch.rand(c.decoder_scale_channels(0), top_side, top_side))
         self.stem = WeightNormConv2d(c.input_channels, c.num_channels_enc, 3, padding=1, bias=True)
-        self.pre_process, mult = self._build_pre_process(arch, mult=1)
-        self.enc_tower = nn.ModuleList() if c.is_vanilla else self._build_encoder_tower(arch, mult)
+        self.pre_process, mult = build_pre_process(c, arch, mult=1)
+        self.enc_tower = nn.ModuleList() if c.is_vanilla else build_encoder_tower(c, arch, mult)
         mult = c.top_channel_mult
         top_enc = int(c.num_channels_enc * mult)
         self.enc0 = nn.Sequential(nn.ELU(), WeightNormConv2d(top_enc, top_enc, 1, bias=True), nn.ELU())
-        self._build_samplers()
+        self.enc_sampler, self.dec_sampler, self.nf_cells = build_samplers(c)
         if c.is_vanilla:
             self.stem_decoder = WeightNormConv2d(
                 c.num_latent_per_group, int(mult * c.num_channels_enc), 1, bias=True
             )
         else:
-            self.dec_tower = self._build_decoder_tower(arch)
+            self.dec_tower = build_decoder_tower(c, arch)
             mult = mult / CHANNEL_MULT ** (c.num_latent_scales - 1)
-        self.post_process, mult = self._build_post_process(arch, mult)
+        self.post_process, mult = build_post_process(c, arch, mult)
         self.image_conditional = nn.Sequential(
             nn.ELU(),
             WeightNormConv2d(int(c.num_channels_dec * mult), c.output_channels, 3, padding=1, bias=True),
@@ -77,9 +96,17 @@ class NVAE(nn.Module):
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> NVAE:
-        """Build from NVAE's argparse values (a dict); missing flags get NVAE's defaults."""
+        """Build from NVAE's architecture flags (a dict); missing flags get NVAE's defaults, unknown
+        ones are an error (an official checkpoint's training flags: ``from_official_args``)."""
         config = NVAEConfig.from_args(args)
-        return cls(config, {**NVAE_DEFAULT_ARGS, **dict(args)})
+        return cls(config, {**NVAE_DEFAULT_ARGS, **{k: v for k, v in args.items() if v is not None}})
+
+    @classmethod
+    def from_official_args(cls, args: Mapping[str, Any]) -> tuple[NVAE, list[str]]:
+        """Build from an official checkpoint's whole argparse Namespace (as a dict): the training flags
+        are dropped, and their names returned so the caller can say so."""
+        architecture, training = split_training_flags(args)
+        return cls.from_args(architecture), sorted(training)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> NVAE:
@@ -87,97 +114,19 @@ class NVAE(nn.Module):
         from ncp.models.nvae.checkpoint import load_nvae_checkpoint
 
         args, state_dict = load_nvae_checkpoint(path)
-        model = cls.from_args(args)
+        model, _ = cls.from_official_args(args)
         model.load_state_dict(state_dict, strict=True)
         return model.eval()
 
-    # ---- construction ---------------------------------------------------------------------------
-    def _cell(self, arch: dict, cell_type: str, c_in: float, c_out: float) -> Cell:
-        return Cell(int(c_in), int(c_out), cell_type, arch[cell_type], self.config.use_se)
+    @classmethod
+    def config_from_params(cls, section: Mapping[str, Any], data_name: str) -> NVAEConfig:
+        """The typed config of the params' ``vae.nvae``, NVAE's dataset name taken from ``data.name``."""
+        return NVAEConfig.from_params(section, data_name)
 
-    def _build_pre_process(self, arch: dict, mult: float) -> tuple[nn.ModuleList, float]:
-        """Blocks of (cells - 1) normal cells and one down cell, channels x2 per block."""
-        c, cells = self.config, nn.ModuleList()
-        for _ in range(c.num_preprocess_blocks):
-            for i in range(c.num_preprocess_cells):
-                width = c.num_channels_enc * mult
-                if i == c.num_preprocess_cells - 1:
-                    cells.append(self._cell(arch, "down_pre", width, CHANNEL_MULT * int(width)))
-                    mult *= CHANNEL_MULT
-                else:
-                    cells.append(self._cell(arch, "normal_pre", width, width))
-        return cells, mult
-
-    def _build_encoder_tower(self, arch: dict, mult: float) -> nn.ModuleList:
-        """High resolution first: per group, normal cells then a combiner slot (none after the last group)."""
-        c, cells = self.config, nn.ModuleList()
-        for scale, num_groups in enumerate(c.groups_per_scale):
-            for group in range(num_groups):
-                for _ in range(c.num_cell_per_cond_enc):
-                    cells.append(
-                        self._cell(arch, "normal_enc", c.num_channels_enc * mult, c.num_channels_enc * mult)
-                    )
-                if not (scale == c.num_latent_scales - 1 and group == num_groups - 1):
-                    cells.append(
-                        EncCombinerCell(int(c.num_channels_enc * mult), int(c.num_channels_dec * mult))
-                    )
-            if scale < c.num_latent_scales - 1:
-                width = int(c.num_channels_enc * mult)
-                cells.append(self._cell(arch, "down_enc", width, CHANNEL_MULT * width))
-                mult *= CHANNEL_MULT
-        return cells
-
-    def _build_samplers(self) -> None:
-        """Per group (decoder order): posterior head (3x3 conv), flows, and prior head (all but group 0)."""
-        c, mult = self.config, float(self.config.top_channel_mult)
-        self.enc_sampler, self.dec_sampler, self.nf_cells = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
-        for scale, num_groups in enumerate(c.groups_per_decoder_scale):
-            for group in range(num_groups):
-                self.enc_sampler.append(
-                    WeightNormConv2d(
-                        int(c.num_channels_enc * mult), 2 * c.num_latent_per_group, 3, padding=1, bias=True
-                    )
-                )
-                for _ in range(c.num_nf):
-                    self.nf_cells.append(PairedARCell(c.num_latent_per_group))
-                if not (scale == 0 and group == 0):  # group 0's prior is a fixed Normal
-                    self.dec_sampler.append(
-                        nn.Sequential(
-                            nn.ELU(),
-                            WeightNormConv2d(
-                                int(c.num_channels_dec * mult), 2 * c.num_latent_per_group, 1, bias=True
-                            ),
-                        )
-                    )
-            mult /= CHANNEL_MULT
-
-    def _build_decoder_tower(self, arch: dict) -> nn.ModuleList:
-        """Coarse first: per group, normal cells (not before group 0) then a combiner; up cells between scales."""
-        c, cells, mult = self.config, nn.ModuleList(), float(self.config.top_channel_mult)
-        for scale, num_groups in enumerate(c.groups_per_decoder_scale):
-            width = int(c.num_channels_dec * mult)
-            for group in range(num_groups):
-                if not (scale == 0 and group == 0):
-                    for _ in range(c.num_cell_per_cond_dec):
-                        cells.append(self._cell(arch, "normal_dec", width, width))
-                cells.append(DecCombinerCell(width, c.num_latent_per_group))
-            if scale < c.num_latent_scales - 1:
-                cells.append(self._cell(arch, "up_dec", width, width / CHANNEL_MULT))
-                mult /= CHANNEL_MULT
-        return cells
-
-    def _build_post_process(self, arch: dict, mult: float) -> tuple[nn.ModuleList, float]:
-        """Blocks of one up cell (channels /2) and (cells - 1) normal cells."""
-        c, cells = self.config, nn.ModuleList()
-        for _ in range(c.num_postprocess_blocks):
-            for i in range(c.num_postprocess_cells):
-                width = int(c.num_channels_dec * mult)
-                if i == 0:
-                    cells.append(self._cell(arch, "up_post", width, width / CHANNEL_MULT))
-                    mult /= CHANNEL_MULT
-                else:
-                    cells.append(self._cell(arch, "normal_post", width, width))
-        return cells, mult
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> NVAE:
+        """Build from ``dataclasses.asdict`` of an NVAEConfig or a checkpoint's arch_args (= from_args)."""
+        return cls.from_args(config)
 
     # ---- the latent hierarchy -------------------------------------------------------------------
     @property
@@ -380,6 +329,30 @@ class NVAE(nn.Module):
     def kl_alpha(self, scheme: str = "square") -> Tensor:
         """Per-group alpha_k of NVAE's KL balancing, (K,), on the model's device."""
         return kl_balance_alpha(self.config.groups_per_decoder_scale, scheme).to(self.prior_ftr0.device)
+
+    def kl_term(self, kl_per_group: Tensor, beta: float, balance: bool) -> Tensor:
+        """beta * sum_k gamma_k KL_k per image, (B,): with ``balance``, NVAE's balancing coefficients
+        gamma_k while beta < 1 (from this batch, per process, as NVAE's kl_balancer), else gamma_k = 1."""
+        if balance:
+            return beta * balanced_kl(kl_per_group, self.kl_alpha(), beta)
+        return beta * kl_per_group.sum(dim=1)
+
+    def regulariser(self) -> Tensor:
+        """NVAE's smoothness term, spectral + BatchNorm (its weight is vae.train.weight_decay_norm)."""
+        return self.spectral_loss() + self.batchnorm_loss()
+
+    def scored_dims(self) -> int:
+        """Values log p(x|z) scores per image (bits/dim divide by it): the central 28x28 for MNIST."""
+        c = self.config
+        return c.input_channels * (c.input_size - 2 * c.likelihood_crop) ** 2
+
+    def initialise_from_data(self, images: Tensor) -> None:
+        """NVAE starts from its own initialisation: the training images are not needed."""
+
+    def prepare_for_temperature(self, temperature: float, batch_size: int) -> None:
+        """NVAE's --readjust_bn: BatchNorm statistics of prior samples at ``temperature`` (100 passes)."""
+        with torch.no_grad():
+            readjust_batchnorm(self, temperature, num_passes=100, batch_size=batch_size)
 
 
 @torch.no_grad()

@@ -1,7 +1,9 @@
-"""NVAE's training-time terms: spectral and BatchNorm regularisation, KL warm-up and KL balancing.
+"""NVAE's training-time terms: spectral and BatchNorm regularisation, and KL balancing.
 
 NVAE's loss per batch (train.py) is mean_B[-log p(x|z) + beta * sum_k gamma_k KL_k] +
 lambda * (spectral + batchnorm), with gamma_k the balancing coefficients while beta < 1 and 1 after.
+The model applies them (``NVAE.kl_term``, ``NVAE.regulariser``); the warm-up schedule of beta is the
+training stage's (``ncp.train_vae.kl_weight``), shared by every backbone.
 """
 
 from __future__ import annotations
@@ -110,18 +112,3 @@ def balanced_kl(kl_per_group: Tensor, alpha: Tensor, beta: float) -> Tensor:
     if beta < 1.0:
         return (kl_per_group * kl_balance_coefficients(kl_per_group, alpha)).sum(dim=1)
     return kl_per_group.sum(dim=1)
-
-
-def kl_warmup_coefficient(step: int, anneal_steps: float, constant_steps: float, min_coeff: float) -> float:
-    """NVAE's beta(step) = max(min((step - constant_steps) / anneal_steps, 1), min_coeff)."""
-    return max(min((step - constant_steps) / anneal_steps, 1.0), min_coeff)
-
-
-def regularization_weight(beta: float, final: float, initial: float | None = None) -> float:
-    """lambda for the spectral + BN terms: ``final``, or with ``initial`` (NVAE's
-    --weight_decay_norm_anneal) the log-linear interpolation exp((1 - beta) log initial + beta log final)."""
-    if initial is None:
-        return final
-    if initial <= 0 or final <= 0:
-        raise ValueError("annealed regularisation weights must be positive")
-    return math.exp((1.0 - beta) * math.log(initial) + beta * math.log(final))
