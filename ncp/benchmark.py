@@ -355,14 +355,14 @@ def nce_parallel(sizes: Sizes, threads_per_job: int = 1) -> dict:
         params = _default_params()
         params.setdefault("nce", {})["epochs"] = 1
         params["device"] = "cpu"
-        (root / "params.yaml").write_text(yaml.safe_dump(params))
+        atomic_write_text(yaml.safe_dump(params), root / "params.yaml")
         snakefile = NCE_SNAKEFILE.format(
             groups=list(range(len(out.latents))),
             threads_per_job=threads_per_job,
             python=sys.executable,
             params=root / "params.yaml",
         )
-        (root / "Snakefile").write_text(snakefile)
+        atomic_write_text(snakefile, root / "Snakefile")
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         walls = {}
         for cores in (1, 2):
