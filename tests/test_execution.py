@@ -58,7 +58,7 @@ if args[0] == "cache-latents":  # --out group_0.pt group_1.pt ...
 if args[0] == "tables":
     tables, figures = args[args.index("--tables-dir") + 1], args[args.index("--figures-dir") + 1]
     outputs += [tables + "/results.md", tables + "/results.tex"]
-    outputs += [figures + "/fig5_loss.png", figures + "/fig5_ess.png"]
+    outputs += [figures + "/fig5_loss.png", figures + "/fig5_ess.png", figures + "/fig5_log_z_k.png"]
 if args[0] == "paper-table":
     outputs.append(outputs[0][: -len(".md")] + ".tex")
 if args[0] == "evaluate" and args[1] == "features":
@@ -250,7 +250,8 @@ def test_slurm_dry_run_asks_each_job_for_its_own_gpus_memory_and_cpus(tmp_path):
     assert "gpu=1" in main_vae and "runtime=2880" in main_vae and "mem_mb=4000" in main_vae
     assert "threads: 2" in main_vae  # the plugin sends threads as --cpus-per-task
     assert "gpu=0" in cpu_vae  # params/table2_cpu.yaml: run.device cpu asks SLURM for no GPU
-    assert "gpu=" not in block("evaluate_mmd", False)
+    # a CPU-only rule asks for no GPU (evaluate_mmd encodes the test split with the VAE: it asks for one)
+    assert "gpu=" not in block("nearest_neighbours", False)
 
 
 # ---------------------------------------------------------------------------------------------

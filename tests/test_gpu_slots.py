@@ -135,7 +135,7 @@ def test_each_experiment_asks_for_gpus_by_its_own_device(tmp_path):
         requests.setdefault((rule, "table2_cpu" in wildcards), set()).add(gpu)
     assert requests[("train_vae", False)] == {"1"} and requests[("train_nce", False)] == {"1"}
     assert requests[("train_vae", True)] == {"0"} and requests[("evaluate_nll", True)] == {"0"}
-    assert requests[("evaluate_mmd", False)] == {"none"}  # PCA and MMD on the CPU
+    assert requests[("nearest_neighbours", False)] == {"none"}  # a KD-tree on the CPU
 
 
 def test_snakemake_runs_gpu_jobs_side_by_side_each_on_its_own_gpu(tmp_path):

@@ -50,12 +50,12 @@ def test_micro_study_work_counts_match_the_stages_own_arithmetic():
     assert main[("train_nce", None, 0)].units == 8 and main[("train_nce", None, 3)].units == 8
     # 64 samples + a warm-up image + the timed batches of 1 and 10 (the grid reuses the samples at t = 1)
     assert main[("sample", "sir", None)].units == 64 + 1 + 1 + 10
-    # Table 8's sweep: SIR M = 2 and 8, LD 3 steps. M = 8 and 3 steps are the run's own settings, but the
-    # sweep scores 500 images (params/default.yaml's table8.num_samples) and the run 64, so they are
-    # sampled again (as the DAG does: `snakemake -n` lists sir_m8 and ld_t3), at 500 + 1 + 11 images
+    # Table 8's sweep: SIR M = 2 and 8, LD 3 steps. M = 8 and 3 steps are the run's own settings, sampled
+    # once (params/test/micro.yaml: table8.num_samples null, so sir.pt serves as M = 8, as `snakemake -n`
+    # lists); M = 2 draws sample.num_samples, 64 + a warm-up + the timed batches of 1 and 10
     sweep = {j.detail["method"]: j for j in jobs if j.experiment == "micro" and j.stage == "sample"}
-    assert sorted(sweep) == ["base", "ld", "ld_t3", "sir", "sir_m2", "sir_m8"]
-    assert sweep["sir_m8"].units == 500 + 1 + 11
+    assert sorted(sweep) == ["base", "ld", "sir", "sir_m2"]
+    assert sweep["sir_m2"].units == 64 + 1 + 11
     # the 2-group Table 7 sub-experiment: its own stage 1, classifiers and samples, no sweep
     sub = [j for j in jobs if j.experiment == "micro/table7/groups_2"]
     assert sum(j.stage == "train_nce" for j in sub) == 2

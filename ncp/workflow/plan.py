@@ -16,7 +16,8 @@ import math
 from dataclasses import dataclass, field
 
 from ncp.config import num_latent_groups, with_run_settings
-from ncp.workflow.study import parse_variant, study_experiments, sweep_variants, written_tables
+from ncp.variants import parse_variant
+from ncp.workflow.study import study_experiments, sweep_variants, written_tables
 
 # (train images, evaluation images) of each dataset's full split, and the image shape (C, H, W)
 DATASET_SIZES = {
@@ -184,7 +185,7 @@ def estimate_seconds(job: Job, t: dict) -> float:
         method = job.detail["method"]
         sampler, overrides = parse_variant(method)
         seconds = sample_seconds_per_image(
-            t, sampler, overrides.get("sir_num_proposals"), overrides.get("ld_num_steps")
+            t, sampler, overrides.get("num_proposals"), overrides.get("num_steps")
         )
         extra = t["bn_readjust_s"] if t["readjusts_batchnorm"] else 0.0
         return t["startup_s"] + t["build_s"] + job.units * seconds + extra
