@@ -299,7 +299,8 @@ class VAEConfig:
             self.arch: backbone,
             "base_prior": self.base_prior,
             "gmm_components": self.gmm_components,
-            "train": asdict(self.train),
+            # checkpoint_every lives in `run` (how the job runs): the science section leaves it out
+            "train": {k: v for k, v in asdict(self.train).items() if k != "checkpoint_every"},
         }
         return json.loads(json.dumps(section))  # plain JSON values (tuples -> lists), as params are
 

@@ -200,7 +200,7 @@ def _cli_args(
 ) -> list[str]:
     """The `ncp` arguments that run this same stage (the params as JSON, like Snakemake passes them)."""
     vae_section = vae.to_section()
-    run = {"device": device, "checkpoint_every": vae_section["train"].pop("checkpoint_every")}
+    run = {"device": device, "checkpoint_every": vae.train.checkpoint_every}
     params = {"seed": seed, "run": run, "data": dataclasses.asdict(data), "vae": vae_section}
     return [
         "train-vae",
