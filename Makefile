@@ -1,6 +1,6 @@
 # Shortcuts for the commands the README and CONTRIBUTING.md use. `make` alone lists them.
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint format smoke ci
+.PHONY: help install test test-fast lint format smoke smoke-paper ci
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ format:  ## apply ruff's fixes and both formatters
 
 smoke:  ## the whole DAG on the micro params, in a temporary copy (a few CPU minutes)
 	python -m pytest tests/test_workflow.py -m slow -k micro -q
+
+smoke-paper:  ## the 15-group CelebA-64 smoke at full architecture on stand-in data (tens of CPU minutes)
+	NCP_PAPER_SMOKE=1 python -m pytest tests/test_smoke.py -q
 
 ci:  ## exactly what CI runs
 	.ci/run

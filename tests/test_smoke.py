@@ -3,6 +3,7 @@
 (the tests have no CelebA). Minutes on a 2-core CPU; `benchmarks/smoke_all.sh` runs every paper file."""
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -14,6 +15,11 @@ FIFTEEN = "params/ablations/celeba64/groups_15.yaml"
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("NCP_PAPER_SMOKE") != "1",
+    reason="opt-in (NCP_PAPER_SMOKE=1, or `make smoke-paper`): 15 stream-mode NCE jobs and SIR at M = 5,000 "
+    "on a full-size NVAE take tens of CPU-minutes, not yet shown to fit CI's budget beside the other tests",
+)
 def test_the_15_group_celeba64_smoke_runs_every_stage_at_full_size_and_says_its_data_are_synthetic(tmp_path):
     copy_workflow(tmp_path)  # no data/ folder: CelebA is absent, so the smoke must use its stand-in
     result = subprocess.run(
