@@ -94,12 +94,15 @@ def module_closure(roots: tuple[str, ...]) -> tuple[Path, ...]:
 
 def stage_code(stage: str, relative_to: Path | None = None) -> list[str]:
     """The code files of ``stage`` (a key of STAGE_MODULES), cli.py first: as `ncp/...` paths when
-    ``relative_to`` (default: the repository) holds this package (a link to it counts), else absolute
+    ``relative_to`` (default: the repository) holds this package (a link to it or a copy of it), else absolute
     (`snakemake -d /scratch/run` works in a folder outside the repository)."""
     files = module_closure(("ncp.cli", "ncp.config", "ncp.runtime") + STAGE_MODULES[stage])
     cli = PACKAGE_DIR / "cli.py"
     names = [str(f.relative_to(REPO_DIR)) for f in [cli] + [f for f in files if f != cli]]
-    local = Path(relative_to or REPO_DIR) / "ncp"
-    if local.is_dir() and os.path.samefile(local, PACKAGE_DIR):
+    base = Path(relative_to or REPO_DIR)
+    local = base / "ncp"
+    # This package, or a copy of it that the work directory's repository tracks (a clone or a DVC repo
+    # made from one): the work directory's own files are the code its jobs depend on.
+    if local.is_dir() and (os.path.samefile(local, PACKAGE_DIR) or all((base / n).is_file() for n in names)):
         return names
     return [str(REPO_DIR / name) for name in names]
