@@ -252,7 +252,7 @@ def stage1_records(sizes: Sizes, device: torch.device) -> list[dict]:
         model = model.to(device, memory_format=memory_format).train()
         optimizer = _optimizer(model, train)
         x = torch.rand(batch, 1, 32, 32, device=device).round().contiguous(memory_format=memory_format)
-        step = partial(train_step, model, optimizer, x, 1.0, train, True)
+        step = partial(train_step, model, optimizer, x, 1.0, train)
         stats = timed(step, sizes.repeats, device)
         params = sum(p.numel() for p in model.parameters())
         records.append(
@@ -318,7 +318,7 @@ def nce_records(sizes: Sizes, device: torch.device) -> list[dict]:
             num_blocks=cfg.nce.num_blocks,
             epochs=1,
             batch_size=cfg.nce.batch_size,
-            val_fraction=0.0,
+            val_fraction=cfg.nce.val_fraction,  # as the stage: the kept epoch is chosen on held-out images
             device=device,
         )
         stats = timed(train, sizes.repeats, device)
@@ -333,7 +333,7 @@ rule all:
     input: expand("nce/group_{{g}}.pt", g=GROUPS)
 
 rule nce:
-    input: "latents/group_{{g}}.pt"
+    input: "latents/group_{{g}}"
     output: c="nce/group_{{g}}.pt", m="metrics/group_{{g}}.json"
     threads: 1
     shell: "OMP_NUM_THREADS={threads_per_job} {python} -m ncp.cli train-nce --params {params} \
@@ -341,20 +341,30 @@ rule nce:
 """
 
 
+def write_group_cache(group: dict, folder: Path) -> None:
+    """One group's random pairs as the shard folder `ncp cache-latents` writes (one image per pair)."""
+    from ncp.priors.latent_cache import GroupCacheWriter
+
+    writer = GroupCacheWriter(
+        folder, group["group"], shard_mb=64, dtype=torch.float32, fingerprint="benchmark"
+    )
+    num_pairs = len(group["z_q"])
+    writer.append(group["z_q"], group["z_p"], group.get("context"), torch.arange(num_pairs))
+    writer.close(num_pairs)
+
+
 def nce_parallel(sizes: Sizes, threads_per_job: int = 1) -> dict:
     """Wall time of all groups' train-nce jobs through Snakemake with --cores 1 and --cores 2."""
     import yaml
-
-    from ncp.runtime import atomic_save
 
     _, _, _, out = default_models(torch.device("cpu"))
     with tempfile.TemporaryDirectory(prefix="ncp-bench-nce-") as tmp:
         root = Path(tmp)
         for group in random_group_latents(out, sizes.nce_jobs_pairs):
-            atomic_save(group, root / "latents" / f"group_{group['group']}.pt")
+            write_group_cache(group, root / "latents" / f"group_{group['group']}")
         params = _default_params()
         params.setdefault("nce", {})["epochs"] = 1
-        params["device"] = "cpu"
+        params.setdefault("run", {})["device"] = "cpu"
         atomic_write_text(yaml.safe_dump(params), root / "params.yaml")
         snakefile = NCE_SNAKEFILE.format(
             groups=list(range(len(out.latents))),
@@ -387,13 +397,26 @@ def nce_parallel(sizes: Sizes, threads_per_job: int = 1) -> dict:
 
 def cache_record(sizes: Sizes, device: torch.device) -> dict:
     """Images per second through the frozen VAE as stage 2a caches latents."""
-    from ncp.cache_latents import collect_group_samples
+    from ncp.cache_latents import write_group_caches
+    from ncp.priors.latent_cache import GroupCacheWriter
 
     cfg, model, _, _ = default_models(device)
     batch = cfg.cache.batch_size
     images = torch.rand(sizes.cache_images, 1, 32, 32, device=device).round()
-    batches = lambda: (images[i : i + batch] for i in range(0, len(images), batch))  # noqa: E731
-    stats = timed(lambda: collect_group_samples(model, batches(), torch.float32), sizes.repeats, device)
+    index = torch.arange(sizes.cache_images)
+
+    def cache_once() -> None:  # the stage's own loop, writing real shard folders to a scratch directory
+        with tempfile.TemporaryDirectory(prefix="ncp-bench-cache-") as tmp:
+            writers = [
+                GroupCacheWriter(Path(tmp) / f"group_{k}", k, cfg.cache.shard_mb, torch.float32, "benchmark")
+                for k in range(len(model.group_shapes()))
+            ]
+            batches = ((images[i : i + batch], index[i : i + batch]) for i in range(0, len(images), batch))
+            write_group_caches(model, batches, writers)
+            for writer in writers:
+                writer.close(sizes.cache_images)
+
+    stats = timed(cache_once, sizes.repeats, device)
     return {
         "images": sizes.cache_images,
         "batch": batch,
@@ -448,7 +471,7 @@ def run(out_dir: Path, device: str = "auto", quick: bool = False, repeats: int |
     record["total_s"] = time.perf_counter() - started
     out_dir = Path(out_dir)
     write_json(record, out_dir / f"{record['device']}.json")
-    from ncp.tables import paper_results
+    from ncp.paper_results import paper_results
 
     beside = table8_beside_paper(record, paper_results()["tables"]["table8"])
     atomic_write_text(markdown_table(record) + "\n" + beside, out_dir / f"{record['device']}.md")
