@@ -45,6 +45,11 @@ def test_a_second_run_is_locked_out_and_a_crashed_run_recovers_after_unlock(tmp_
     while not resume.exists() and time.time() < deadline and first.poll() is None:
         time.sleep(0.2)
     assert resume.exists(), "run A never reached stage-1 training"
+    # Freeze A mid-training, so that it cannot finish while B starts up (on a loaded CI machine B's start
+    # took longer than A's remaining 20 steps; A's checkpoint then existed at the kill and Snakemake reported
+    # it incomplete before ever looking at the lock). The lock is files, so a stopped A still holds it.
+    os.killpg(first.pid, signal.SIGSTOP)
+    assert not (tmp_path / CHECKPOINT).exists(), "run A finished stage 1 before it could be stopped"
 
     # Run B, meanwhile, on the same outputs: refused at once, and it touches nothing.
     second = subprocess.run(_command(), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
@@ -53,7 +58,7 @@ def test_a_second_run_is_locked_out_and_a_crashed_run_recovers_after_unlock(tmp_
         "LockException" in second.stdout + second.stderr
         or "cannot be locked" in second.stdout + second.stderr
     )
-    assert first.poll() is None  # A kept running
+    assert first.poll() is None  # A is still alive, only stopped
 
     os.killpg(first.pid, signal.SIGKILL)  # A crashes mid-training: its lock stays behind
     first.wait()
