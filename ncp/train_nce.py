@@ -19,6 +19,7 @@ from ncp.priors.checkpoints import save_classifier, vae_fingerprint
 from ncp.priors.latent_cache import PairSource, ShardedPairs, read_index, split_images
 from ncp.priors.latent_stream import StreamedPairs
 from ncp.priors.nce import NCEDiagnostics, train_on_pairs
+from ncp.provenance import with_provenance
 from ncp.runtime import pick_device, seed_everything, write_json
 
 
@@ -88,16 +89,14 @@ def run(
     save_classifier(
         classifier, out, group=group, vae_fingerprint=source.fingerprint, extra={"history": asdict(history)}
     )
-    write_json(
-        {
-            "group": group,
-            "num_pairs": source.num_pairs,
-            "num_images": source.num_images,
-            "num_test_images": len(test_images),
-            **diagnostics,
-        },
-        metrics_out,
-    )
+    record = {
+        "group": group,
+        "num_pairs": source.num_pairs,
+        "num_images": source.num_images,
+        "num_test_images": len(test_images),
+        **diagnostics,
+    }
+    write_json(with_provenance(record, f"train-nce group {group}", nce, seed, torch_device), metrics_out)
     if work_dir is not None:
         shutil.rmtree(work_dir, ignore_errors=True)  # the outputs are complete: the resume state is spent
     print(

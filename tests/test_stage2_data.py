@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 import signal
@@ -389,3 +390,5 @@ def test_stream_mode_draws_pairs_like_the_cache_and_trains_a_loadable_classifier
     train_nce.run(nce, 0, "cpu", tmp_path / f"stream/group_{k}", out, metrics, tmp_path / "work", vae, train)
     assert not (tmp_path / "work").exists()  # the resume state is removed once the outputs exist
     assert load_classifier(out, group=k, vae_fingerprint=vae_fingerprint(vae)) is not None
+    origin = json.loads(metrics.read_text())["provenance"]  # the NCE diagnostics trace to their job too
+    assert origin["job"] == f"train-nce group {k}" and origin["seed"] == 0
