@@ -15,7 +15,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from ncp.config import ConfigError, ExperimentConfig, load_params_files, resolve_params
+from ncp.config import ExperimentConfig
+from ncp.params import ConfigError, load_params_files, resolve_params
 
 
 def _add_params(parser: argparse.ArgumentParser) -> None:
@@ -171,7 +172,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `ncp` console script."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["benchmark"]:  # not a DAG stage: measures the hot paths (ncp/benchmark.py)
+    if argv[:1] == ["benchmark"]:  # not a DAG stage: measures the hot paths (ncp/benchmark/)
         from ncp import benchmark
 
         return benchmark.main(argv[1:])
@@ -273,6 +274,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             args.grid,
             args.num_samples,
         )
+    elif command == "evaluate" and args.metric == "features":  # stage 4a: its own module and code inputs
+        from ncp import evaluate_features
+
+        if args.train_data is None or args.test_data is None:
+            raise ValueError("`ncp evaluate features` needs --train-data and --test-data")
+        evaluate_features.run(cfg, args.train_data, args.test_data, args.out)
     elif command == "evaluate":
         from ncp import evaluate
 

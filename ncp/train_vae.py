@@ -30,27 +30,15 @@ from ncp.config import DataConfig, VAEConfig, VAETrainConfig
 from ncp.data import ImageSet, iterate_batches, load_image_set, prepare_batch
 from ncp.models.registry import build_vae, load_vae_checkpoint, save_vae_checkpoint
 from ncp.runtime import atomic_save, pick_device, seed_everything
-from ncp.training_state import TrainingState, read_resume_file
+from ncp.training_state import (
+    NonFiniteLoss,
+    TrainingState,
+    fault_location,
+    read_resume_file,
+    roll_back_after_fault,
+)
 
 RESUME_FILE = "resume.pt"
-# A non-finite loss rolls training back to the last good state with the learning rate times
-# ROLLBACK_LR_FACTOR, at most MAX_ROLLBACKS times in a run; then the job stops with the step named.
-MAX_ROLLBACKS = 3
-ROLLBACK_LR_FACTOR = 0.5
-
-
-class NonFiniteLoss(FloatingPointError):
-    """A NaN or infinite stage-1 loss; the message says which term (and latent group) went first."""
-
-
-def _fault_location(recon: torch.Tensor, kl_per_group: torch.Tensor, regulariser) -> str:
-    """Which term of the loss is not finite: the KL of named groups, the reconstruction, the regulariser."""
-    bad_groups = (~torch.isfinite(kl_per_group)).any(dim=0).nonzero().flatten().tolist()  # (K,) -> ids
-    if bad_groups:
-        return f"in the KL term of latent group {', '.join(map(str, bad_groups))}"
-    if not torch.isfinite(recon).all():
-        return "in the reconstruction term"
-    return "in the spectral/BatchNorm regulariser" if regulariser is not None else "in the loss"
 
 
 def learning_rate(step: int, total_steps: int, warmup_steps: int, lr: float, lr_min: float) -> float:
@@ -98,7 +86,7 @@ def vae_loss(
         loss = loss + train.weight_decay_norm * regulariser
         stats["reg"] = regulariser.item()
     if not torch.isfinite(loss):
-        raise NonFiniteLoss(_fault_location(recon, kl_per_group, regulariser))
+        raise NonFiniteLoss(fault_location(recon, kl_per_group, regulariser))
     stats["neg_elbo"] = stats["recon"] + stats["kl"]
     return loss, stats
 
@@ -150,7 +138,8 @@ def epoch_batches(
         yield global_batch[process_rank * batch_size : (process_rank + 1) * batch_size]
 
 
-def _optimizer(model, train: VAETrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model, train: VAETrainConfig) -> torch.optim.Optimizer:
+    """Stage 1's optimiser (NVAE's Adamax, or Adam), weight decay as the config says."""
     # foreach: one multi-tensor update instead of a loop over NVAE's 240-1,300 parameters (on the CPU
     # the paper MNIST model's Adamax step measured 0.71 s against 0.86 s; the same arithmetic)
     if train.optimizer == "adamax":  # NVAE: Adamax with eps 1e-3 and L2 weight decay
@@ -245,7 +234,7 @@ def _train(
     memory_format = training_memory_format(vae.arch, torch_device)
     model = model.to(torch_device, memory_format=memory_format)
     _check_images_fit(model, train_set, vae.arch, torch_device)
-    optimizer = _optimizer(model, vae.train)
+    optimizer = build_optimizer(model, vae.train)
     global_batch = vae.train.batch_size * num_processes
     if len(train_set.images) < global_batch:  # drop_last would give no batch at all
         raise ValueError(
@@ -381,25 +370,6 @@ def _check_images_fit(model, train_set: ImageSet, arch: str, device: torch.devic
             ) from None
         finally:
             model.train()
-
-
-def roll_back_after_fault(state: TrainingState, last_good: dict, fault: NonFiniteLoss, step: int) -> None:
-    """After a non-finite loss at ``step``: back to the last good state with a lower learning rate, or,
-    after MAX_ROLLBACKS roll-backs, stop with one line naming the step and the term (and group)."""
-    tries = state.rollbacks + 1
-    if tries > MAX_ROLLBACKS:
-        raise RuntimeError(
-            f"stage-1 loss is not finite at step {step} {fault} after {MAX_ROLLBACKS} roll-backs with the "
-            f"learning rate down to x{state.lr_scale:g}: lower vae.train.lr, set vae.train.grad_clip or "
-            "raise vae.train.weight_decay_norm"
-        )
-    lr_scale = state.lr_scale * ROLLBACK_LR_FACTOR
-    state.restore(last_good)
-    state.rollbacks, state.lr_scale = tries, lr_scale
-    print(
-        f"non-finite stage-1 loss at step {step} {fault}: rolled back to step {state.step} with the "
-        f"learning rate x{lr_scale:g} (roll-back {tries} of {MAX_ROLLBACKS})"
-    )
 
 
 @torch.no_grad()

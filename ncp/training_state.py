@@ -6,6 +6,9 @@ weights: the optimiser's moments, the data generator (shuffle order and binarisa
 global random states the model's noise comes from, the epoch's order and position in it, and the
 learning-rate scale that non-finite-loss roll-backs lowered. Stage 1 uses it (``ncp/train_vae.py``);
 it is written for any loop of the same shape.
+
+A non-finite loss is met here too: ``fault_location`` names the term (and latent group) that went first,
+and ``roll_back_after_fault`` returns to the last good state with a lower learning rate, or stops.
 """
 
 from __future__ import annotations
@@ -108,3 +111,42 @@ def read_resume_file(path: Path, settings: dict) -> dict | None:
         print(f"not resuming: {path} was written with other settings")
         return None
     return saved
+
+
+# A non-finite loss rolls training back to the last good state with the learning rate times
+# ROLLBACK_LR_FACTOR, at most MAX_ROLLBACKS times in a run; then the job stops with the step named.
+MAX_ROLLBACKS = 3
+ROLLBACK_LR_FACTOR = 0.5
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A NaN or infinite stage-1 loss; the message says which term (and latent group) went first."""
+
+
+def fault_location(recon: torch.Tensor, kl_per_group: torch.Tensor, regulariser) -> str:
+    """Which term of the loss is not finite: the KL of named groups, the reconstruction, the regulariser."""
+    bad_groups = (~torch.isfinite(kl_per_group)).any(dim=0).nonzero().flatten().tolist()  # (K,) -> ids
+    if bad_groups:
+        return f"in the KL term of latent group {', '.join(map(str, bad_groups))}"
+    if not torch.isfinite(recon).all():
+        return "in the reconstruction term"
+    return "in the spectral/BatchNorm regulariser" if regulariser is not None else "in the loss"
+
+
+def roll_back_after_fault(state: TrainingState, last_good: dict, fault: NonFiniteLoss, step: int) -> None:
+    """After a non-finite loss at ``step``: back to the last good state with a lower learning rate, or,
+    after MAX_ROLLBACKS roll-backs, stop with one line naming the step and the term (and group)."""
+    tries = state.rollbacks + 1
+    if tries > MAX_ROLLBACKS:
+        raise RuntimeError(
+            f"stage-1 loss is not finite at step {step} {fault} after {MAX_ROLLBACKS} roll-backs with the "
+            f"learning rate down to x{state.lr_scale:g}: lower vae.train.lr, set vae.train.grad_clip or "
+            "raise vae.train.weight_decay_norm"
+        )
+    lr_scale = state.lr_scale * ROLLBACK_LR_FACTOR
+    state.restore(last_good)
+    state.rollbacks, state.lr_scale = tries, lr_scale
+    print(
+        f"non-finite stage-1 loss at step {step} {fault}: rolled back to step {state.step} with the "
+        f"learning rate x{lr_scale:g} (roll-back {tries} of {MAX_ROLLBACKS})"
+    )

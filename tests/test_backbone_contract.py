@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from tiny_nvae import TINY_NVAE_ARGS
 
 from ncp.models.nvae.regularizers import kl_balance_coefficients
 from ncp.models.registry import ARCHES, backbone_class, backbone_config, build_vae
@@ -18,19 +19,7 @@ torch.set_num_threads(1)
 
 # Tiny versions of each backbone on 1x32x32 binary images, as their params sections would give them.
 SECTIONS = {
-    "nvae": {
-        "num_latent_scales": 2,
-        "num_groups_per_scale": 2,
-        "num_latent_per_group": 4,
-        "num_channels_enc": 8,
-        "num_channels_dec": 8,
-        "num_preprocess_blocks": 1,
-        "num_preprocess_cells": 1,
-        "num_postprocess_blocks": 1,
-        "num_postprocess_cells": 1,
-        "use_se": True,
-        "res_dist": True,
-    },
+    "nvae": dict(TINY_NVAE_ARGS),
     "mlp": {"latent_dim": 4, "hidden": 16},
     "conv": {
         "image_size": 32,

@@ -14,10 +14,10 @@ import torch
 import yaml
 from workflow_copy import REPO, copy_workflow, jobs_by_experiment
 
-from ncp.config import deep_merge
 from ncp.data import load_image_set
 from ncp.models.nvae.config import NVAE_DEFAULT_ARGS, NVAEConfig, split_training_flags
 from ncp.models.registry import load_vae_checkpoint
+from ncp.params import deep_merge
 from ncp.priors.gmm import GMMPrior
 
 FIXTURES = REPO.parent / "shared" / "fixtures" / "nvae"

@@ -16,10 +16,11 @@ import yaml
 from workflow_copy import copy_workflow
 
 from ncp.cli import main
-from ncp.config import ExperimentConfig, load_params_files
+from ncp.config import ExperimentConfig
 from ncp.data import ImageSet, save_image_set
 from ncp.metrics.fid import ReferenceFeatures, save_reference_features
 from ncp.models.registry import build_vae, save_vae_checkpoint
+from ncp.params import load_params_files
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT, MICRO = REPO / "params/default.yaml", REPO / "params/test/micro.yaml"

@@ -7,20 +7,20 @@ import sys
 import pytest
 import yaml
 
-from ncp.config import (
+from ncp.config import ExperimentConfig
+from ncp.models.conv_vae import ConvVAEConfig
+from ncp.models.mlp_vae import MLPVAEConfig
+from ncp.models.nvae.config import ARCH_CELLS, ARCHITECTURE_KEYS, LIKELIHOODS, NVAEConfig, groups_per_scale
+from ncp.models.registry import ARCHES
+from ncp.params import (
     SCHEMA_PATH,
     STAGE_SECTIONS,
     ConfigError,
-    ExperimentConfig,
     load_params_files,
     num_latent_groups,
     resolve_params,
     stage_params,
 )
-from ncp.models.conv_vae import ConvVAEConfig
-from ncp.models.mlp_vae import MLPVAEConfig
-from ncp.models.nvae.config import ARCH_CELLS, ARCHITECTURE_KEYS, LIKELIHOODS, NVAEConfig, groups_per_scale
-from ncp.models.registry import ARCHES
 
 
 def test_defaults_come_from_the_schema():

@@ -19,7 +19,7 @@ from ncp.config import ExperimentConfig
 from ncp.data import ImageSet, iterate_batches, save_image_set
 from ncp.models.nvae.layers import BatchNormSwish, WrappedBatchNorm
 from ncp.models.registry import build_vae, load_vae_checkpoint
-from ncp.train_vae import _optimizer, epoch_batches, train_step
+from ncp.train_vae import build_optimizer, epoch_batches, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 GLOBAL_BATCH = 8
@@ -52,7 +52,7 @@ def _one_step(process_rank: int, num_processes: int) -> tuple[dict, dict]:
     torch.manual_seed(cfg.seed)
     model = build_vae("mlp", dataclasses.asdict(cfg.vae.mlp))
     model.initialise_from_data(train_set.images)
-    optimizer = _optimizer(model, cfg.vae.train)
+    optimizer = build_optimizer(model, cfg.vae.train)
     network = distributed.wrap_model(model, torch.device("cpu"))
     generator = torch.Generator().manual_seed(cfg.seed)
     x = next(epoch_batches(train_set, cfg.vae.train.batch_size, generator, process_rank, num_processes))

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from workflow_copy import REPO, copy_workflow, job_counts
 
-from ncp.config import load_params_files, num_latent_groups
+from ncp.params import load_params_files, num_latent_groups
 from ncp.workflow.export_dvc import JobSpec, main_export, render_dvc_yaml, workflow_graph
 from ncp.workflow.sync import main_sync, restored_jobs, touch_command
 

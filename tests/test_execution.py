@@ -15,7 +15,8 @@ import pytest
 import yaml
 from workflow_copy import REPO, copy_workflow, job_counts, jobs_by_experiment
 
-from ncp.config import STAGE_SECTIONS, ConfigError, ExperimentConfig, resolve_params
+from ncp.config import ExperimentConfig
+from ncp.params import STAGE_SECTIONS, ConfigError, resolve_params
 from ncp.workflow.code_deps import stage_code
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_nvae import TINY_NVAE_ARGS
 
 from ncp.models.base import sample_from_prior
 from ncp.models.nvae import (
@@ -28,23 +29,7 @@ from ncp.models.nvae.layers import PlainConv2d, WeightNormConv2d
 
 torch.set_num_threads(1)
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "nvae"
-TINY_MNIST_ARGS = {
-    "dataset": "mnist",
-    "num_latent_scales": 2,
-    "num_groups_per_scale": 2,
-    "num_latent_per_group": 4,
-    "num_channels_enc": 8,
-    "num_channels_dec": 8,
-    "num_preprocess_blocks": 1,
-    "num_preprocess_cells": 1,
-    "num_postprocess_blocks": 1,
-    "num_postprocess_cells": 1,
-    "num_cell_per_cond_enc": 1,
-    "num_cell_per_cond_dec": 1,
-    "use_se": True,
-    "res_dist": True,
-    "num_nf": 0,
-}
+TINY_MNIST_ARGS = {"dataset": "mnist", **TINY_NVAE_ARGS}
 
 
 def fixture(name: str) -> Path:

@@ -7,28 +7,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_nvae import TINY_NVAE_ARGS
 
 from ncp.models.nvae import NVAE
 from ncp.models.nvae.distributions import nvae_normal
 
 torch.set_num_threads(1)
-TINY_ARGS = {  # 2 scales x 2 groups, as the mnist_tiny reference fixture, with 8x8 and 16x16 groups
-    "dataset": "mnist",
-    "num_latent_scales": 2,
-    "num_groups_per_scale": 2,
-    "num_latent_per_group": 4,
-    "num_channels_enc": 8,
-    "num_channels_dec": 8,
-    "num_preprocess_blocks": 1,
-    "num_preprocess_cells": 1,
-    "num_postprocess_blocks": 1,
-    "num_postprocess_cells": 1,
-    "num_cell_per_cond_enc": 1,
-    "num_cell_per_cond_dec": 1,
-    "use_se": True,
-    "res_dist": True,
-    "num_nf": 0,
-}
+TINY_ARGS = {"dataset": "mnist", **TINY_NVAE_ARGS}  # 8x8 and 16x16 groups, as the mnist_tiny fixture
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from ncp import model_origin, tables
-from ncp.config import ExperimentConfig, load_params_files
+from ncp.config import ExperimentConfig
 from ncp.data import ImageSet, save_image_set
+from ncp.params import load_params_files
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_FILES = sorted((REPO / "params" / "paper").glob("*.yaml"))

@@ -346,7 +346,7 @@ def test_missing_ours_are_blank_in_the_markdown(tmp_path):
 
 
 def test_a_table_not_of_this_run_reads_only_its_declared_inputs(tmp_path):
-    from ncp.config import resolve_params
+    from ncp.params import resolve_params
     from ncp.workflow.study import study_experiments, table_metric_files
 
     experiments = study_experiments(resolve_params({"experiment": "main", "paper": {"tables": ["table6"]}}))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ncp.config import load_params_files
-from ncp.workflow import plan
+from ncp.params import load_params_files
+from ncp.workflow import plan, plan_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def _fake_timing(groups: int) -> dict:
 
 
 def test_micro_study_work_counts_match_the_stages_own_arithmetic():
-    jobs = plan.study_jobs(_micro())
+    jobs = plan_jobs.study_jobs(_micro())
     main = {
         (j.stage, j.detail.get("method"), j.detail.get("group")): j for j in jobs if j.experiment == "micro"
     }
@@ -66,7 +66,9 @@ def test_micro_study_work_counts_match_the_stages_own_arithmetic():
 def test_estimates_are_start_up_plus_units_at_the_timed_price():
     t = {**_fake_timing(4), "sir_num_proposals": 8, "sir_chunk_size": 4, "ld_num_steps": 3}
     jobs = {
-        (j.stage, j.detail.get("method")): j for j in plan.study_jobs(_micro()) if j.experiment == "micro"
+        (j.stage, j.detail.get("method")): j
+        for j in plan_jobs.study_jobs(_micro())
+        if j.experiment == "micro"
     }
     assert plan.estimate_seconds(jobs[("train_vae", None)], t) == pytest.approx(2.0 + 0.5 + 8 * 3.0)
     assert plan.estimate_seconds(jobs[("cache_latents", None)], t) == pytest.approx(2.0 + 0.5 + 256 * 0.01)
@@ -84,7 +86,9 @@ def test_estimates_are_start_up_plus_units_at_the_timed_price():
 def test_disk_and_memory_follow_the_shapes_and_the_cache_dtype():
     params = _micro()
     t = _fake_timing(4)
-    jobs = {(j.stage, j.detail.get("method")): j for j in plan.study_jobs(params) if j.experiment == "micro"}
+    jobs = {
+        (j.stage, j.detail.get("method")): j for j in plan_jobs.study_jobs(params) if j.experiment == "micro"
+    }
     # per pair: z_q and z_p (2 x 16 values) in every group, a 32-value context in groups 1-3; float32
     per_pair = 4 * (2 * 16) + 3 * 32
     assert plan.disk_bytes(jobs[("cache_latents", None)], params, t) == 256 * per_pair * 4
@@ -94,6 +98,30 @@ def test_disk_and_memory_follow_the_shapes_and_the_cache_dtype():
     assert plan.disk_bytes(jobs[("sample", "sir")], params, t) == 64 * (1024 + 4 * 64)
     # stage 1 holds its 256 training images beside the model's own peak
     assert plan.peak_bytes(jobs[("train_vae", None)], params, t) == 1e9 + 256 * 1024
+
+    # stage 2's memory does not grow with the pairs: one shard buffer per group while caching (4 groups of
+    # cache.shard_mb), nce.buffer_shards of them in an NCE job
+    shard = params["cache"]["shard_mb"] * 2**20
+    assert plan.peak_bytes(jobs[("cache_latents", None)], params, t) == 5e8 + 256 * 1024 + 4 * shard
+    nce_job = next(j for j in plan_jobs.study_jobs(params) if j.stage == "train_nce")
+    assert plan.peak_bytes(nce_job, params, t) == 6e8 + params["nce"]["buffer_shards"] * shard
+
+
+def test_stream_mode_writes_no_cache_and_prices_the_vae_passes_inside_each_nce_job():
+    # Fails if the plan still counted a cache on disk, or left out the VAE forward passes that
+    # cache.mode: stream moves into every NCE job (one per training image and epoch).
+    params = _micro()
+    params["cache"]["mode"] = "stream"
+    t = _fake_timing(4)
+    jobs = [j for j in plan_jobs.study_jobs(params) if j.experiment == "micro"]
+    cache = next(j for j in jobs if j.stage == "cache_latents")
+    assert cache.units == 0 and plan.disk_bytes(cache, params, t) == 0
+    nce = next(j for j in jobs if j.stage == "train_nce")
+    # 256 images, 26 held out, batch 64, 2 epochs: 8 steps; and 2 x 256 VAE passes at 0.01 s
+    assert nce.units == 8
+    assert plan.estimate_seconds(nce, t) == pytest.approx(2.0 + 8 * 0.25 + 0.5 + 2 * 256 * 0.01)
+    # the VAE and the images live in the NCE job now, not a shard buffer
+    assert plan.peak_bytes(nce, params, t) == 6e8 + 5e8 + 256 * 1024
 
 
 def test_the_stage_table_sums_the_jobs(monkeypatch):
@@ -117,17 +145,17 @@ def test_an_unknown_dataset_size_is_a_one_line_error():
     params = _micro()
     params["data"].update(name="folder", train_limit=None, image_size=32)
     with pytest.raises(ValueError, match="size of dataset 'folder' is unknown; set data.train_limit"):
-        plan.study_jobs(params)
+        plan_jobs.study_jobs(params)
 
 
 def test_step_counts_follow_held_out_pairs_processes_and_max_steps():
     # 100 pairs, 10 held out: 90 / 10 = 9 steps per epoch (10 if the held-out pairs were trained on)
-    assert plan.nce_steps(100, {"val_fraction": 0.1, "epochs": 3, "batch_size": 10}) == 27
+    assert plan_jobs.nce_steps(100, {"val_fraction": 0.1, "epochs": 3, "batch_size": 10}) == 27
     train = {"batch_size": 16, "num_processes": 4, "epochs": 2, "max_steps": None}
-    assert plan.stage1_steps(1000, train, None) == 2 * math.ceil(1000 / 64)  # a global batch of 4 x 16
-    assert plan.stage1_steps(1000, {**train, "max_steps": 5}, None) == 5
-    assert plan.stage1_steps(1000, train, "imported.pt") == 0
-    assert plan.cache_pairs(1000, {"num_images": 300, "passes": 4}) == 1200
+    assert plan_jobs.stage1_steps(1000, train, None) == 2 * math.ceil(1000 / 64)  # a global batch of 4 x 16
+    assert plan_jobs.stage1_steps(1000, {**train, "max_steps": 5}, None) == 5
+    assert plan_jobs.stage1_steps(1000, train, "imported.pt") == 0
+    assert plan_jobs.cache_pairs(1000, {"num_images": 300, "passes": 4}) == 1200
 
 
 def test_the_comparison_reads_each_jobs_snakemake_benchmark_file(tmp_path):

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from ncp import train_vae
-from ncp.config import ExperimentConfig, load_params_files
+from ncp.config import ExperimentConfig
+from ncp.params import load_params_files
 from ncp.prepare_data import run as prepare_data
-from ncp.train_vae import NonFiniteLoss, _fault_location
+from ncp.training_state import NonFiniteLoss, fault_location
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO = [REPO / "params/default.yaml", REPO / "params/test/micro.yaml"]
@@ -154,8 +155,8 @@ def test_a_non_finite_kl_names_its_latent_group():
     recon = torch.zeros(4)
     kl = torch.zeros(4, 3)
     kl[1, 2] = float("inf")
-    assert _fault_location(recon, kl, None) == "in the KL term of latent group 2"
-    assert _fault_location(torch.tensor([0.0, float("nan")]), torch.zeros(2, 3), None) == (
+    assert fault_location(recon, kl, None) == "in the KL term of latent group 2"
+    assert fault_location(torch.tensor([0.0, float("nan")]), torch.zeros(2, 3), None) == (
         "in the reconstruction term"
     )
     assert issubclass(NonFiniteLoss, FloatingPointError)

@@ -323,9 +323,10 @@ def test_classifier_files_refuse_another_group_another_vae_and_an_old_format(tmp
 @pytest.fixture(scope="module")
 def micro_vae(tmp_path_factory):
     """An (untrained) NVAE of the micro params, saved as stage 1 would, and 96 binarised training images."""
-    from ncp.config import ExperimentConfig, load_params_files
+    from ncp.config import ExperimentConfig
     from ncp.data.datasets import ImageSet, save_image_set
     from ncp.models.registry import build_vae, save_vae_checkpoint
+    from ncp.params import load_params_files
 
     root = tmp_path_factory.mktemp("micro_vae")
     cfg = ExperimentConfig.from_params(

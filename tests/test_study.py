@@ -4,7 +4,8 @@ metric files (Snakemake inputs) each paper table is built from; all known answer
 import pytest
 import yaml
 
-from ncp.config import ConfigError, ExperimentConfig, resolve_params
+from ncp.config import ExperimentConfig
+from ncp.params import ConfigError, resolve_params
 from ncp.variants import apply_variant, parse_variant, variant_name
 from ncp.workflow.study import (
     sharing_owner,
@@ -238,7 +239,7 @@ def test_table9_reads_the_sub_experiment_table9_from_names(tmp_path):
 
 
 def test_the_celeba64_study_pairs_table9_with_its_15_group_run():
-    from ncp.config import load_params_files
+    from ncp.params import load_params_files
 
     params = load_params_files(["params/default.yaml", "params/paper/celeba64_nvae_30groups.yaml"])
     experiments = study_experiments(params)

@@ -27,6 +27,7 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "cache-latents": ("ncp.cache_latents",),
     "train-nce": ("ncp.train_nce",),
     "sample": ("ncp.sample",),
+    "evaluate-features": ("ncp.evaluate_features",),
     "evaluate": ("ncp.evaluate",),
     "tables": ("ncp.tables", "ncp.paper_tables"),
 }

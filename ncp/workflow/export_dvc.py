@@ -5,7 +5,7 @@ Snakemake holds the DAG; DVC versions what it produces. Each generated stage
   --allowed-rules <rule> --force <outputs>` (upstream jobs never run: DVC has run them already);
 - depends on the job's inputs: data files and the ncp/ code files the rule lists;
 - depends on the params sections the job reads (the keys of the JSON its rule passes as `--params-json`,
-  i.e. `ncp.config.STAGE_SECTIONS`), listed under every params file that holds them: the Snakefile's
+  i.e. `ncp.params.STAGE_SECTIONS`), listed under every params file that holds them: the Snakefile's
   `configfile:` (params/default.yaml) and each --configfile overlay. DVC fails on a listed key that
   its file lacks, so a section added to a params file later is tracked only once dvc.yaml is
   regenerated (`--check` reports a stale file);

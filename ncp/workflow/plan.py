@@ -1,10 +1,10 @@
 """`ncp plan`: what a params file will cost before it runs: wall time per stage on this device, peak memory,
 disk, and the device-hours of the paper's 50,000-image FID with SIR at the file's M.
 
-Two halves. The arithmetic here (pure Python, tested against known step counts) turns params into work:
-optimiser steps, encoder batches, images per sampler, bytes written. ncp/workflow/plan_timing.py times a
-few steps of the real models at the real sizes (random weights: a step costs the same trained or not),
-each stage in a fresh process so its peak memory is its own. Estimate = job start-up + units x seconds per
+Three parts. ncp/workflow/plan_jobs.py (pure Python, tested against known step counts) turns params into
+work: optimiser steps, encoder batches, images per sampler. ncp/workflow/plan_timing.py times a few steps
+of the real models at the real sizes (random weights: a step costs the same trained or not), each stage
+in a fresh process so its peak memory is its own. This module prices the work and adds the bytes written. Estimate = job start-up + units x seconds per
 unit, summed over the jobs of every experiment of the study (sub-experiments and the Table 8 sweep
 included) as if they ran one after another. What it leaves out: FID feature extraction and MMD (minutes
 on a GPU), data preparation (reading the files once), and queueing on a cluster.
@@ -13,161 +13,17 @@ on a GPU), data preparation (reading the files once), and queueing on a cluster.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
-from ncp.config import num_latent_groups, with_run_settings
+from ncp.params import with_run_settings
 from ncp.variants import parse_variant
-from ncp.workflow.study import study_experiments, sweep_variants, written_tables
+from ncp.workflow.plan_jobs import Job, image_shape, split_sizes, study_jobs
+from ncp.workflow.study import study_experiments
 
-# (train images, evaluation images) of each dataset's full split, and the image shape (C, H, W)
-DATASET_SIZES = {
-    "mnist5k": (4_500, 500),
-    "mnist": (60_000, 10_000),
-    "cifar10": (50_000, 10_000),
-    "celeba64": (162_770, 19_867),
-    "celebahq256": (27_000, 3_000),
-}
-IMAGE_SHAPES = {
-    "mnist5k": (1, 32, 32),
-    "mnist": (1, 32, 32),
-    "idx": (1, 32, 32),
-    "cifar10": (3, 32, 32),
-    "celeba64": (3, 64, 64),
-    "celebahq256": (3, 256, 256),
-}
 PAPER_FID_SAMPLES = 50_000  # the paper's FIDs use 50,000 samples
 READ_IMAGE_SECONDS = (
     0.002  # decoding and resizing one JPEG/PNG (prepare_data is untimed: files may be absent)
 )
 BN_READJUST_PASSES = 100  # ncp.sample.qualitative_grid re-adjusts BatchNorm with 100 prior batches
-
-
-def split_sizes(data: dict) -> tuple[int, int]:
-    """Train and test images the run will use (data.train_limit / test_limit applied)."""
-    if data["name"] not in DATASET_SIZES:
-        if data["train_limit"] and data["test_limit"]:
-            return data["train_limit"], data["test_limit"]
-        raise ValueError(
-            f"ncp plan: the size of dataset {data['name']!r} is unknown; set data.train_limit and test_limit"
-        )
-    train, test = DATASET_SIZES[data["name"]]
-    return min(train, data["train_limit"] or train), min(test, data["test_limit"] or test)
-
-
-def image_shape(data: dict) -> tuple[int, int, int]:
-    """(C, H, W) of the model input."""
-    if data["name"] == "folder":
-        if data["image_size"] is None:
-            raise ValueError("ncp plan: data.name folder needs data.image_size")
-        return (1 if data["grayscale"] else 3, data["image_size"], data["image_size"])
-    return IMAGE_SHAPES[data["name"]]
-
-
-def stage1_steps(num_train: int, train: dict, init_checkpoint: str | None) -> int:
-    """Optimiser steps of stage 1, as ncp.train_vae counts them (0 when a checkpoint is imported)."""
-    if init_checkpoint:
-        return 0
-    per_epoch = math.ceil(num_train / (train["batch_size"] * train["num_processes"]))
-    steps = train["epochs"] * per_epoch
-    return min(steps, train["max_steps"]) if train["max_steps"] else steps
-
-
-def cache_pairs(num_train: int, cache: dict) -> int:
-    """(q, p) pairs per group the latent cache holds: one per image and encoder pass."""
-    return min(num_train, cache["num_images"] or num_train) * cache["passes"]
-
-
-def nce_steps(pairs: int, nce: dict) -> int:
-    """Optimiser steps of one classifier (ncp.priors.nce: held-out pairs first, then ceil per epoch)."""
-    held_out = nce["val_fraction"] + nce.get("test_fraction", 0.0)  # split by image: val and test
-    train_pairs = pairs - round(held_out * pairs)
-    return nce["epochs"] * math.ceil(train_pairs / nce["batch_size"])
-
-
-def sample_images(sample: dict, count: int, grid: bool) -> int:
-    """Images one sampling job draws: a warm-up, the timed batches, the samples and (maybe) a grid."""
-    drawn = 1 + sum(sample["timed_batch_sizes"]) + count
-    if grid and sample["temperature"] != 1.0:  # at t = 1 the grid reuses the samples
-        drawn += sample["grid_size"]
-    return drawn
-
-
-@dataclass
-class Job:
-    """One Snakemake job of the plan: its stage, experiment, units of work and the bytes it writes."""
-
-    stage: str
-    experiment: str
-    units: float  # optimiser steps, images or batches: what `seconds_per_unit` prices
-    unit: str
-    disk_bytes: float = 0.0
-    detail: dict = field(default_factory=dict)
-
-
-def study_jobs(params: dict) -> list[Job]:
-    """The jobs of the whole study (main run, sub-experiments, Table 8 sweep) and their work."""
-    jobs = []
-    for experiment in study_experiments(params):
-        p = with_run_settings(experiment.params)  # the grid's size and temperature live in `run`
-        name = experiment.name
-        num_train, num_test = split_sizes(p["data"])
-        channels, height, width = image_shape(p["data"])
-        image_bytes = channels * height * width
-        if name == experiment.name.split("/")[0]:  # the study's data split: written once
-            jobs.append(
-                Job(
-                    "prepare_data", name, num_train + num_test, "images", (num_train + num_test) * image_bytes
-                )
-            )
-        train = p["vae"]["train"]
-        jobs.append(
-            Job("train_vae", name, stage1_steps(num_train, train, p["vae"]["init_checkpoint"]), "steps")
-        )
-        pairs = cache_pairs(num_train, p["cache"])
-        jobs.append(Job("cache_latents", name, pairs, "images", detail={"pairs": pairs}))
-        groups = num_latent_groups(p["vae"])
-        for k in range(groups):
-            jobs.append(Job("train_nce", name, nce_steps(pairs, p["nce"]), "steps", detail={"group": k}))
-        sample = p["sample"]
-        # Table 2's and Table 6's rows are NLLs: their sub-experiments draw no samples; every other run does
-        methods = [] if experiment.table in ("table2", "table6") else ["base", *sample["methods"]]
-        for method in methods:
-            jobs.append(
-                Job(
-                    "sample",
-                    name,
-                    sample_images(sample, sample["num_samples"], True),
-                    "images",
-                    detail={"method": method},
-                )
-            )
-        if experiment.table is None and "table8" in written_tables(p):
-            sweep_count = p["paper"]["table8"]["num_samples"] or sample["num_samples"]
-            for variant in sweep_variants(p):
-                if variant in sample["methods"]:
-                    continue  # the run's own setting is sampled once
-                _, overrides = parse_variant(variant)
-                jobs.append(
-                    Job(
-                        "sample",
-                        name,
-                        sample_images(sample, sweep_count, False),
-                        "images",
-                        detail={"method": variant, **overrides},
-                    )
-                )
-        nll = p["evaluate"]["nll"]
-        nll_images = min(num_test, nll["num_images"] or num_test)
-        jobs.append(
-            Job(
-                "evaluate_nll",
-                name,
-                nll_images * nll["iw_samples"] * 2,
-                "passes",
-                detail={"log_z": nll["log_z_samples"]},
-            )
-        )
-    return jobs
 
 
 def estimate_seconds(job: Job, t: dict) -> float:
@@ -180,7 +36,10 @@ def estimate_seconds(job: Job, t: dict) -> float:
     if job.stage == "cache_latents":
         return t["startup_s"] + t["build_s"] + job.units * t["encode_image_s"]
     if job.stage == "train_nce":
-        return t["startup_s"] + job.units * t["nce_step_s"][job.detail["group"]]
+        # cache.mode stream: the job also runs the VAE over its images (build and forward passes)
+        streamed = job.detail.get("stream_images", 0)
+        drawing = (t["build_s"] + streamed * t["encode_image_s"]) if streamed else 0.0
+        return t["startup_s"] + job.units * t["nce_step_s"][job.detail["group"]] + drawing
     if job.stage == "sample":
         method = job.detail["method"]
         sampler, overrides = parse_variant(method)
@@ -222,7 +81,7 @@ def disk_bytes(job: Job, params: dict, t: dict) -> float:
         return job.disk_bytes
     if job.stage == "train_vae":
         return 4.0 * t["num_parameters"] if job.units else 0.0  # float32 weights (an import is copied)
-    if job.stage == "cache_latents":
+    if job.stage == "cache_latents":  # cache.mode stream: an index only (its units are 0)
         per_pair = sum(
             2 * math.prod(g) + (math.prod(c) if c else 0)
             for g, c in zip(t["group_shapes"], t["context_shapes"])
@@ -243,9 +102,20 @@ def peak_bytes(job: Job, params: dict, t: dict) -> float:
     image_bytes = math.prod(image_shape(params["data"]))
     if job.stage == "train_vae":
         return t["vae_peak_bytes"] + num_train * image_bytes if job.units else 0.0
+    shard_bytes = params["cache"]["shard_mb"] * 2**20
     if job.stage == "cache_latents":
-        # ncp/cache_latents.py holds the whole cache in memory until it writes (the stage-2 data path may change this)
-        return t["peak_bytes"] + num_train * image_bytes + disk_bytes(job, params, t)
+        # the VAE (as loaded for sampling), the training images, and one shard buffer per group being filled;
+        # in stream mode only the index is written
+        if job.detail.get("stream"):
+            return t["sample_peak_bytes"]
+        groups = len(t["group_shapes"])
+        return t["sample_peak_bytes"] + num_train * image_bytes + groups * shard_bytes
+    if job.stage == "train_nce":
+        if job.detail.get(
+            "stream_images"
+        ):  # the classifier's process plus the VAE and the images it draws from
+            return t["peak_bytes"] + t["sample_peak_bytes"] + num_train * image_bytes
+        return t["peak_bytes"] + params["nce"]["buffer_shards"] * shard_bytes  # the shuffle buffer
     if job.stage == "evaluate_nll":
         return t["peak_bytes"] + num_test * image_bytes
     if job.stage == "prepare_data":
@@ -400,7 +270,7 @@ def main_plan(argv: list[str]) -> int:
     import argparse
     from pathlib import Path
 
-    from ncp.config import ConfigError, load_params_files
+    from ncp.params import ConfigError, load_params_files
 
     parser = argparse.ArgumentParser(prog="ncp plan", description=__doc__.split("\n\n")[0])
     parser.add_argument(

@@ -53,7 +53,7 @@ def _build(params: dict, device: torch.device):
 
 
 def _random_batch(cfg, model, size: int, device: torch.device) -> torch.Tensor:
-    from ncp.workflow.plan import image_shape
+    from ncp.workflow.plan_jobs import image_shape
 
     x = torch.rand(size, *image_shape(dict(vars(cfg.data))), device=device)
     return torch.bernoulli(x) if cfg.data.name in ("mnist", "mnist5k", "idx") else x
@@ -61,13 +61,13 @@ def _random_batch(cfg, model, size: int, device: torch.device) -> torch.Tensor:
 
 def time_stage1(params: dict, device_name: str, timing_batch: int | None) -> dict:
     """Seconds per stage-1 optimiser step at the real batch, model build time, and peak memory."""
-    from ncp.train_vae import _optimizer, train_step
+    from ncp.train_vae import build_optimizer, train_step
 
     device = torch.device(device_name)
     cfg, model, build_s = _build(params, device)
     batch = cfg.vae.train.batch_size
     timed = batch if device.type == "cuda" or not timing_batch else min(batch, timing_batch)
-    optimizer = _optimizer(model, cfg.vae.train)
+    optimizer = build_optimizer(model, cfg.vae.train)
     rss_built = _peak_bytes(device)
     x = _random_batch(cfg, model, timed, device)
     model.train()

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from ncp.config import ConfigError, deep_merge, num_latent_groups, resolve_params, stage_params
 from ncp.paper_results import paper_results
+from ncp.params import ConfigError, deep_merge, num_latent_groups, resolve_params, stage_params
 from ncp.variants import variant_name
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from ncp.config import ConfigError, num_latent_groups, resolve_params, stage_params_json
+from ncp.params import ConfigError, num_latent_groups, resolve_params, stage_params_json
 from ncp.gpu_slots import visible_gpus
 from ncp.workflow.code_deps import stage_code
 from ncp.workflow.study import (

@@ -3,7 +3,7 @@ rule fid_features:
     input:
         train=shared("prepare-data", "data/train.pt"),
         test=shared("prepare-data", "data/test.pt"),
-        code=code("evaluate"),
+        code=code("evaluate-features"),
     output:
         features=f"{RESULTS}/features/reference.npz",
         network=f"{RESULTS}/features/network.pt",

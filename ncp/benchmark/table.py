@@ -1,4 +1,4 @@
-"""The Markdown tables of an `ncp benchmark` record (see ncp/benchmark.py for what is measured)."""
+"""The Markdown tables of an `ncp benchmark` record (see ncp/benchmark/__init__.py for what is measured)."""
 
 from __future__ import annotations
 
