@@ -8,7 +8,8 @@ and the index of the image each row came from (so NCE can hold out whole images)
 its own folder of fixed-size shards (`ncp.priors.latent_cache`), written as the batches come: memory
 holds one shard per group whatever the number of pairs, and the K classifier jobs each read only their
 own folder. With ``cache.mode: stream`` each folder holds only its index (group, image count, VAE
-fingerprint): each NCE job then draws its pairs from the VAE itself (`ncp.priors.latent_stream`).
+fingerprint): each NCE job then draws its pairs from the VAE itself (`ncp.priors.latent_stream`), from
+the first ``num_images`` training images the index names.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def run(
             f"the VAE has {model.num_groups} latent groups but {len(out_dirs)} output folders were asked for"
         )
     train_set = load_image_set(train_data)
-    if cache.num_images is not None and cache.mode == "shards":
+    if cache.num_images is not None:  # the first images; in stream mode the NCE jobs draw from these only
         train_set = train_set.subset(cache.num_images)
     num_images = len(train_set.images)
 

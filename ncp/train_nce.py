@@ -33,7 +33,8 @@ def _pair_source(index: dict, folder: Path, nce: NCEConfig, device, checkpoint, 
         )
     if vae_fingerprint(checkpoint) != index["vae_fingerprint"]:
         raise ValueError(f"{checkpoint} is not the VAE that wrote {folder}: rerun `ncp cache-latents`")
-    return StreamedPairs(checkpoint, train_data, int(index["group"]), index["vae_fingerprint"], device)
+    group, fingerprint, num_images = int(index["group"]), index["vae_fingerprint"], int(index["num_images"])
+    return StreamedPairs(checkpoint, train_data, group, fingerprint, device, num_images)
 
 
 def run(

@@ -393,3 +393,26 @@ def test_stream_mode_draws_pairs_like_the_cache_and_trains_a_loadable_classifier
     assert load_classifier(out, group=k, vae_fingerprint=vae_fingerprint(vae)) is not None
     origin = json.loads(metrics.read_text())["provenance"]  # the NCE diagnostics trace to their job too
     assert origin["job"] == f"train-nce group {k}" and origin["seed"] == 0
+
+
+def test_stream_mode_draws_from_the_first_num_images_the_cache_index_names(micro_vae, tmp_path):
+    # Fails if the NCE job ignored cache.num_images in stream mode (every training image each epoch: the
+    # paper smoke's 30 stream jobs would each run the VAE over all its images).
+    from dataclasses import replace
+
+    from ncp import cache_latents, train_nce
+    from ncp.priors.latent_cache import read_index
+
+    cfg, root = micro_vae
+    vae, train = root / "vae.pt", root / "train.pt"
+    stream = replace(cfg.cache, mode="stream", num_images=40)
+    folders = [tmp_path / f"group_{g}" for g in range(4)]
+    cache_latents.run(stream, 0, "cpu", vae, train, folders)
+    index = read_index(folders[2])
+    assert index["num_images"] == 40  # of the 96 training images
+    source = train_nce._pair_source(index, folders[2], cfg.nce, torch.device("cpu"), vae, train)
+    assert source.num_pairs == source.num_images == 40
+    drawn = sum(
+        len(b[0]) for _, _, b in source.batches(torch.ones(40, dtype=torch.bool), 16, seed=0, epoch=0)
+    )
+    assert drawn == 40

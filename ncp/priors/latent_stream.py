@@ -23,7 +23,8 @@ from ncp.priors.latent_cache import Batch, _epoch_generator
 
 
 class StreamedPairs:
-    """Group ``group``'s pairs drawn by the VAE of ``checkpoint`` from the images of ``train_data``."""
+    """Group ``group``'s pairs drawn by the VAE of ``checkpoint`` from the images of ``train_data`` (the
+    first ``num_images`` of them, when given)."""
 
     def __init__(
         self,
@@ -32,12 +33,15 @@ class StreamedPairs:
         group: int,
         fingerprint: str,
         device: torch.device,
+        num_images: int | None = None,
     ):
         self.device = torch.device(device)
         self.model = load_vae_checkpoint(checkpoint, self.device)
         if not 0 <= group < self.model.num_groups:
             raise ValueError(f"group {group} out of range for a VAE with {self.model.num_groups} groups")
         self.train_set = load_image_set(train_data)
+        if num_images is not None:  # the cache index's count: `cache.num_images` of the params
+            self.train_set = self.train_set.subset(num_images)
         self.group, self.fingerprint = group, fingerprint
         self.num_images = self.num_pairs = len(self.train_set.images)  # one pair per image per epoch
         z_q, _, context = self._draw(torch.arange(1), torch.Generator().manual_seed(0))
