@@ -288,8 +288,13 @@ def test_slurm_profile_passes_a_dry_run(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = result.stdout.split("\n\n")
-    train_vae = next(block for block in jobs if "rule train_vae:" in block)
+    # the main run's stage 1 (the dry run lists jobs in no fixed order; Table 2's CPU-only one asks for no GPU)
+    train_vae = next(
+        block for block in jobs if "rule train_vae:" in block and "output: results/default/vae/" in block
+    )
     assert "gpu=1" in train_vae and "runtime=2880" in train_vae
+    cpu_only = next(block for block in jobs if "rule train_vae:" in block and "table2_cpu" in block)
+    assert "gpu=1" not in cpu_only  # gpu=0: no GPU asked of SLURM
     # a CPU-only job asks for no GPU (evaluate_mmd now encodes test images with the VAE, so it asks for one)
     neighbours = next(block for block in jobs if "rule nearest_neighbours:" in block)
     assert "gpu=" not in neighbours
