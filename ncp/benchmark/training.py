@@ -121,8 +121,8 @@ rule all:
 rule nce:
     input: "latents/group_{{g}}"
     output: c="nce/group_{{g}}.pt", m="metrics/group_{{g}}.json"
-    threads: 1
-    shell: "OMP_NUM_THREADS={threads_per_job} {python} -m ncp.cli train-nce --params {params} \
+    threads: {threads_per_job}
+    shell: "OMP_NUM_THREADS={{threads}} {python} -m ncp.cli train-nce --params {params} --threads {{threads}} \
 --latents {{input}} --out {{output.c}} --metrics-out {{output.m}} > /dev/null 2>&1"
 """
 
