@@ -44,7 +44,7 @@ def test_micro_study_work_counts_match_the_stages_own_arithmetic():
     }
     # 256 training images, batch 32, 1 epoch: 8 stage-1 steps
     assert main[("train_vae", None, None)].units == 8
-    # one pass over the 256 images: 256 pairs; 26 held out (round(0.1 x 256)), 230 left, batch 64: 4 steps
+    # one pass over the 256 images: 256 pairs; 51 held out (val + test: round(0.2 x 256)), 205 left, batch 64: 4 steps
     # per epoch, 2 epochs
     assert main[("cache_latents", None, None)].units == 256
     assert main[("train_nce", None, 0)].units == 8 and main[("train_nce", None, 3)].units == 8
@@ -122,6 +122,10 @@ def test_stream_mode_writes_no_cache_and_prices_the_vae_passes_inside_each_nce_j
     assert plan.estimate_seconds(nce, t) == pytest.approx(2.0 + 8 * 0.25 + 0.5 + 2 * 256 * 0.01)
     # the VAE and the images live in the NCE job now, not a shard buffer
     assert plan.peak_bytes(nce, params, t) == 6e8 + 5e8 + 256 * 1024
+    # cache.num_images caps the images each epoch draws from: 100 images, 20 held out, 2 x 2 steps
+    params["cache"]["num_images"] = 100
+    capped = next(j for j in plan_jobs.study_jobs(params) if j.stage == "train_nce")
+    assert capped.units == 4 and capped.detail["stream_images"] == 2 * 100
 
 
 def test_the_stage_table_sums_the_jobs(monkeypatch):

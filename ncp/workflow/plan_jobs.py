@@ -112,11 +112,11 @@ def study_jobs(params: dict) -> list[Job]:
             Job("train_vae", name, stage1_steps(num_train, train, p["vae"]["init_checkpoint"]), "steps")
         )
         if p["cache"]["mode"] == "stream":
-            # the cache job writes an index only; each NCE job draws one pair per training image and epoch
-            # from the VAE (ncp.priors.latent_stream), one forward pass per image
-            pairs = num_train
+            # the cache job writes an index only; each NCE job draws one pair per image and epoch from the
+            # VAE (ncp.priors.latent_stream), one forward pass per image, over the first cache.num_images
+            pairs = min(num_train, p["cache"]["num_images"] or num_train)
             jobs.append(Job("cache_latents", name, 0, "images", detail={"pairs": 0, "stream": True}))
-            nce_detail = {"stream_images": p["nce"]["epochs"] * num_train}
+            nce_detail = {"stream_images": p["nce"]["epochs"] * pairs}
         else:
             pairs = cache_pairs(num_train, p["cache"])
             jobs.append(Job("cache_latents", name, pairs, "images", detail={"pairs": pairs}))
