@@ -44,8 +44,8 @@ def test_micro_study_work_counts_match_the_stages_own_arithmetic():
     }
     # 256 training images, batch 32, 1 epoch: 8 stage-1 steps
     assert main[("train_vae", None, None)].units == 8
-    # one pass over the 256 images: 256 pairs; 51 held out (val + test: round(0.2 x 256)), 205 left, batch 64: 4 steps
-    # per epoch, 2 epochs
+    # one pass over the 256 images: 256 pairs; 51 held out (val + test, round(0.2 x 256)), 205 left,
+    # batch 64: 4 steps per epoch, 2 epochs
     assert main[("cache_latents", None, None)].units == 256
     assert main[("train_nce", None, 0)].units == 8 and main[("train_nce", None, 3)].units == 8
     # 64 samples + a warm-up image + the timed batches of 1 and 10 (the grid reuses the samples at t = 1)
@@ -117,7 +117,7 @@ def test_stream_mode_writes_no_cache_and_prices_the_vae_passes_inside_each_nce_j
     cache = next(j for j in jobs if j.stage == "cache_latents")
     assert cache.units == 0 and plan.disk_bytes(cache, params, t) == 0
     nce = next(j for j in jobs if j.stage == "train_nce")
-    # 256 images, 26 held out, batch 64, 2 epochs: 8 steps; and 2 x 256 VAE passes at 0.01 s
+    # 256 images, 51 held out, batch 64, 2 epochs: 8 steps; and 2 x 256 VAE passes at 0.01 s
     assert nce.units == 8
     assert plan.estimate_seconds(nce, t) == pytest.approx(2.0 + 8 * 0.25 + 0.5 + 2 * 256 * 0.01)
     # the VAE and the images live in the NCE job now, not a shard buffer
