@@ -97,7 +97,7 @@ def disk_bytes(job: Job, params: dict, t: dict) -> float:
 
 
 def peak_bytes(job: Job, params: dict, t: dict) -> float:
-    """Peak memory of a job: the timed process's peak plus the image split it holds in memory."""
+    """Peak memory of a job: the timed process's peak plus the image split and buffers it holds in memory."""
     num_train, num_test = split_sizes(params["data"])
     image_bytes = math.prod(image_shape(params["data"]))
     if job.stage == "train_vae":
@@ -111,9 +111,7 @@ def peak_bytes(job: Job, params: dict, t: dict) -> float:
         groups = len(t["group_shapes"])
         return t["sample_peak_bytes"] + num_train * image_bytes + groups * shard_bytes
     if job.stage == "train_nce":
-        if job.detail.get(
-            "stream_images"
-        ):  # the classifier's process plus the VAE and the images it draws from
+        if job.detail.get("stream_images"):  # the classifier's process, the VAE and the images it draws from
             return t["peak_bytes"] + t["sample_peak_bytes"] + num_train * image_bytes
         return t["peak_bytes"] + params["nce"]["buffer_shards"] * shard_bytes  # the shuffle buffer
     if job.stage == "evaluate_nll":
