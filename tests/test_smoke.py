@@ -23,7 +23,7 @@ M50 = "params/test/smoke_m50.yaml"  # SIR at M = 50: what CI runs (see its comme
         pytest.param(
             (),
             5000,
-            id="paper-M",
+            id="paper_M",
             marks=pytest.mark.skipif(
                 os.environ.get("NCP_PAPER_SMOKE") != "1",
                 reason="opt-in (NCP_PAPER_SMOKE=1, or `make smoke-paper`): SIR at the file's M = 5,000 through "
