@@ -272,59 +272,59 @@ def _train(
     model.train()
     started = time.time()
     last_good = run_state.snapshot()  # in memory: where a non-finite loss rolls back to
-    progress = tqdm(
+    # Closed on every way out (a stop after bounded roll-backs too), so no bar is printed at exit.
+    with tqdm(
         total=total_steps, initial=run_state.step, desc="train-vae", mininterval=2.0, disable=not is_main
-    )
-    while run_state.step < total_steps:
-        if run_state.epoch_order is None:  # a fresh shuffle (and binarisations) from the generator
-            run_state.epoch_order = torch.randperm(len(train_set.images), generator=generator)
-            run_state.epoch_position = 0
-        batches = epoch_batches(
-            train_set,
-            vae.train.batch_size,
-            generator,
-            process_rank,
-            num_processes,
-            order=run_state.epoch_order,
-            start=run_state.epoch_position,
-        )
-        for x in batches:
-            if run_state.step >= total_steps:
-                break
-            step = run_state.step
-            for group in optimizer.param_groups:
-                group["lr"] = run_state.lr_scale * learning_rate(
-                    step, total_steps, warmup_steps, vae.train.lr, vae.train.lr_min
-                )
-            beta = kl_weight(
-                step,
-                total_steps,
-                vae.train.kl_anneal_portion,
-                vae.train.kl_const_portion,
-                vae.train.kl_const_coeff,
+    ) as progress:
+        while run_state.step < total_steps:
+            if run_state.epoch_order is None:  # a fresh shuffle (and binarisations) from the generator
+                run_state.epoch_order = torch.randperm(len(train_set.images), generator=generator)
+                run_state.epoch_position = 0
+            batches = epoch_batches(
+                train_set,
+                vae.train.batch_size,
+                generator,
+                process_rank,
+                num_processes,
+                order=run_state.epoch_order,
+                start=run_state.epoch_position,
             )
-            try:
-                stats = train_step(
-                    network, optimizer, x.to(torch_device, memory_format=memory_format), beta, vae.train
+            for x in batches:
+                if run_state.step >= total_steps:
+                    break
+                step = run_state.step
+                for group in optimizer.param_groups:
+                    group["lr"] = run_state.lr_scale * learning_rate(
+                        step, total_steps, warmup_steps, vae.train.lr, vae.train.lr_min
+                    )
+                beta = kl_weight(
+                    step,
+                    total_steps,
+                    vae.train.kl_anneal_portion,
+                    vae.train.kl_const_portion,
+                    vae.train.kl_const_coeff,
                 )
-            except NonFiniteLoss as fault:
-                roll_back_after_fault(run_state, last_good, fault, step)
-                progress.n = run_state.step
-                break  # restart the (restored) epoch from its saved position
-            run_state.step += 1
-            run_state.epoch_position += 1
-            progress.update(1)
-            if run_state.step % 20 == 0 or run_state.step == total_steps:
-                stats = distributed.mean_over_processes(stats, torch_device)  # every process, same steps
-                run_state.history.append({"step": run_state.step, "beta": beta, **stats})
-                progress.set_postfix(neg_elbo=f"{stats['neg_elbo']:.1f}", kl=f"{stats['kl']:.1f}")
-            if run_state.step % vae.train.checkpoint_every == 0 and run_state.step < total_steps:
-                last_good = run_state.snapshot()
-                if is_main:
-                    atomic_save({**last_good, "settings": settings}, resume_path)
-        else:
-            run_state.epoch_order = None  # the epoch ran to its end
-    progress.close()
+                try:
+                    stats = train_step(
+                        network, optimizer, x.to(torch_device, memory_format=memory_format), beta, vae.train
+                    )
+                except NonFiniteLoss as fault:
+                    roll_back_after_fault(run_state, last_good, fault, step)
+                    progress.n = run_state.step
+                    break  # restart the (restored) epoch from its saved position
+                run_state.step += 1
+                run_state.epoch_position += 1
+                progress.update(1)
+                if run_state.step % 20 == 0 or run_state.step == total_steps:
+                    stats = distributed.mean_over_processes(stats, torch_device)  # every process, same steps
+                    run_state.history.append({"step": run_state.step, "beta": beta, **stats})
+                    progress.set_postfix(neg_elbo=f"{stats['neg_elbo']:.1f}", kl=f"{stats['kl']:.1f}")
+                if run_state.step % vae.train.checkpoint_every == 0 and run_state.step < total_steps:
+                    last_good = run_state.snapshot()
+                    if is_main:
+                        atomic_save({**last_good, "settings": settings}, resume_path)
+            else:
+                run_state.epoch_order = None  # the epoch ran to its end
     model.eval()
     if is_main:
         if vae.base_prior == "gmm":  # single-group backbones only (VAEConfig checks)

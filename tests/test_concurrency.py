@@ -82,17 +82,25 @@ def test_a_second_dvc_repro_is_refused_while_the_first_runs(tmp_path):
         pytest.skip("dvc is not installed")
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run(["dvc", "init", "-q"], cwd=tmp_path, check=True)
+    # The first run's stage says when it has begun and then waits for the test's word (files), not for fixed
+    # times: however long the second run takes to start on a loaded machine, the first holds the lock.
     (tmp_path / "dvc.yaml").write_text(
-        "stages:\n  slow:\n    cmd: sleep 6 && echo whole > out.txt\n    outs:\n      - out.txt\n"
+        "stages:\n  slow:\n    cmd: touch started && until [ -e release ]; do sleep 0.1; done"
+        " && echo whole > out.txt\n    outs:\n      - out.txt\n"
     )
     first = subprocess.Popen(
         ["dvc", "repro", "-q"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    deadline = time.time() + 60
-    while not (tmp_path / ".dvc/tmp/rwlock").exists() and time.time() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.0)  # the first run holds the lock for its stage now
-    second = subprocess.run(["dvc", "repro", "-f"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "started").exists() and time.time() < deadline and first.poll() is None:
+            time.sleep(0.1)
+        assert (tmp_path / "started").exists(), first.stdout.read()
+        second = subprocess.run(["dvc", "repro", "-f"], cwd=tmp_path, capture_output=True, text=True,
+                                timeout=120)  # fmt: skip
+        assert first.poll() is None  # the first was running all through the second
+    finally:
+        (tmp_path / "release").touch()
     assert first.wait(timeout=120) == 0, first.stdout.read()
     assert second.returncode != 0
     assert "rwlock" in second.stdout + second.stderr

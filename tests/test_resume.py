@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from kill_points import wait_for_saved_step
 
 from ncp import train_vae
 from ncp.config import ExperimentConfig
@@ -21,8 +22,12 @@ from ncp.training_state import NonFiniteLoss, fault_location
 REPO = Path(__file__).resolve().parents[1]
 MICRO = [REPO / "params/default.yaml", REPO / "params/test/micro.yaml"]
 
-# 256 images, batches of 64, 2 epochs: 8 NVAE steps, the resume state written after every step.
-RESUME_OVERLAY = "vae:\n  train:\n    epochs: 2\n    batch_size: 64\nrun:\n  checkpoint_every: 1\n"
+# 256 images, batches of 64, 3 epochs: 12 NVAE steps, the resume state written after every step.
+RESUME_OVERLAY = "vae:\n  train:\n    epochs: 3\n    batch_size: 64\nrun:\n  checkpoint_every: 1\n"
+# Each run is killed a random fraction of a step after its state for this step is written, so at least
+# three steps remain at every kill, however fast or slow the machine: the kills are placed by the run's own
+# progress, not by a clock (a fixed delay of up to 2.5 s once outlasted the whole run on a CI machine).
+KILL_AFTER_STEPS = (2, 5, 8)
 
 
 def _env() -> dict:
@@ -55,19 +60,13 @@ def test_train_vae_killed_at_random_moments_ends_with_the_uninterrupted_weights(
     out, work = tmp_path / "vae.pt", tmp_path / "work"
     chooser = random.Random(14)  # seeded, so a failure can be replayed
     resumed_at = []
-    for kill in range(3):
+    for kill, step in enumerate(KILL_AFTER_STEPS):
         job = subprocess.Popen(_train_command(params, train, out, work), env=_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
-        resume = work / train_vae.RESUME_FILE
-        before = resume.stat().st_mtime_ns if resume.exists() else 0
-        deadline = time.time() + 300
-        # Wait until this run has written a new state (so the kill lands in training, not at import),
-        # then a random fraction of a step more: kills land inside steps and inside state writes.
-        while time.time() < deadline and job.poll() is None:
-            if resume.exists() and resume.stat().st_mtime_ns != before:
-                break
-            time.sleep(0.05)
-        time.sleep(chooser.uniform(0.0, 2.5))
+        saved_step, step_seconds = wait_for_saved_step(work / train_vae.RESUME_FILE, step, job)
+        assert saved_step == step, f"kill {kill}: waited for the state of step {step}, saw {saved_step}"
+        # A random fraction of a step more: kills land inside steps and inside state writes.
+        time.sleep(chooser.uniform(0.0, 1.0) * step_seconds)
         assert job.poll() is None, f"the run ended before kill {kill}: {job.communicate()[0][-2000:]}"
         job.send_signal(signal.SIGKILL)
         output = job.communicate()[0]
@@ -77,7 +76,14 @@ def test_train_vae_killed_at_random_moments_ends_with_the_uninterrupted_weights(
                            text=True, timeout=600)  # fmt: skip
     assert final.returncode == 0, final.stdout[-2000:] + final.stderr[-2000:]
     assert "resuming stage-1 training at step" in final.stdout
-    assert len(resumed_at) == 2, resumed_at  # kills 2 and 3 each resumed what the one before saved
+    # Runs 2 and 3 each resumed what the one before saved: the state of its kill step, or of the step after
+    # when the kill landed after that step's write.
+    resumed_steps = [int(line.split("step ")[1].split("/")[0]) for line in resumed_at]
+    assert [step in (after, after + 1) for step, after in zip(resumed_steps, KILL_AFTER_STEPS)] == [
+        True,
+        True,
+    ]
+    assert len(resumed_steps) == 2, resumed_at
 
     weights, history = _weights_and_history(out)
     reference_weights, reference_history = _weights_and_history(reference)

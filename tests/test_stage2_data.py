@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from kill_points import wait_for_saved_step
 
 from ncp.cache_latents import write_group_caches
 from ncp.priors import (
@@ -252,17 +253,20 @@ RESUME_JOB = textwrap.dedent(
 )
 
 
-def _run_job(tmp_path, work, out, kill_after=None):
+def _run_job(tmp_path, work, out, kill=None):
+    """Run the job to its end, or kill it at (step, fraction): that fraction of a checkpoint interval (7
+    steps) after its state of that step or later is saved."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(tmp_path / "job.py"), str(tmp_path / "cache"), str(work), str(out)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if kill_after is None:
+    if kill is None:
         output, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, output
         return output
-    while not (Path(work) / "resume.pt").exists() and proc.poll() is None:  # training has begun
-        time.sleep(0.05)
-    time.sleep(kill_after)
+    step, fraction = kill
+    _, step_seconds = wait_for_saved_step(Path(work) / "resume.pt", step, proc)
+    time.sleep(fraction * 7 * step_seconds)
+    assert proc.poll() is None, proc.communicate()[0][-2000:]
     proc.send_signal(signal.SIGKILL)
     output, _ = proc.communicate()
     return output
@@ -279,8 +283,12 @@ def test_nce_killed_at_random_moments_resumes_to_the_uninterrupted_result_bit_fo
     _run_job(tmp_path, tmp_path / "work_a", tmp_path / "a.pt")
     rng = random.Random(0)
     resumed_at = []
-    for _ in range(3):
-        output = _run_job(tmp_path, tmp_path / "work_b", tmp_path / "b.pt", kill_after=rng.uniform(0.2, 2.0))
+    # 4 epochs of 75 steps: each kill lands inside a checkpoint interval after these steps, by the job's own
+    # progress (a fixed delay after start once outlasted a whole run on a faster machine).
+    for step in (70, 150, 230):
+        output = _run_job(
+            tmp_path, tmp_path / "work_b", tmp_path / "b.pt", kill=(step, rng.uniform(0.0, 1.0))
+        )
         resumed_at += [line for line in output.splitlines() if "resuming" in line]
     assert not (tmp_path / "b.pt").exists()  # every kill landed before the end
     output = _run_job(tmp_path, tmp_path / "work_b", tmp_path / "b.pt")
