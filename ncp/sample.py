@@ -52,16 +52,25 @@ def draw_samples(
 ) -> dict:
     """Ancestral samples in batches: uint8 images (N, C, H, W) and per-group latents (N, ...).
 
-    With ``desc``, a progress bar (images done, rate, time left) goes to stderr, i.e. the job's log."""
+    With ``desc``, a progress bar (images done, rate, time left) goes to stderr, i.e. the job's log. It
+    moves a group at a time (a batch of n images over K groups advances it n/K per group): at the paper's
+    M = 5,000 one batch through 30 groups takes minutes on a GPU and hours on a CPU, and a bar that moved
+    only per batch would show nothing for that long."""
     images, latents = [], [[] for _ in range(model.num_groups)]
     bar = progress_bar(num_samples, desc or "", disable=desc is None)
+
+    def choose_and_count(k, prior, context):
+        z = choose(k, prior, context)
+        bar.update(len(z) / model.num_groups)
+        return z
+
     for start in range(0, num_samples, batch_size):
-        walk = model.walk_prior(min(batch_size, num_samples - start), choose, temperature)
+        walk = model.walk_prior(min(batch_size, num_samples - start), choose_and_count, temperature)
         with torch.no_grad():
             images.append(float_to_uint8(model.mean_image(walk.logits)).cpu())
         for k, z in enumerate(walk.latents):
             latents[k].append(z.detach().cpu())
-        bar.update(len(images[-1]))
+        bar.update(start + len(images[-1]) - bar.n)  # whole images again (the group fractions' rounding)
     bar.close()
     return {"images": torch.cat(images), "latents": [torch.cat(z) for z in latents]}
 
@@ -84,16 +93,19 @@ def _peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def time_small_batches(model, choose, device: torch.device, sizes=(1, 10)) -> dict:
-    """Wall time to draw 1 and 10 images (Table 8), after one warm-up draw, and peak memory after them."""
-    draw_samples(model, choose, 1, 1)  # warm-up: lazy init and allocator caches
+def time_small_batches(model, choose, device: torch.device, sizes=(1, 10), desc: str | None = None) -> dict:
+    """Wall time to draw 1 and 10 images (Table 8), after one warm-up draw, and peak memory after them.
+
+    With ``desc``, each draw has its own progress bar in the log (at M = 5,000 they take long too)."""
+    label = (lambda what: f"{desc}: {what}") if desc else (lambda what: None)
+    draw_samples(model, choose, 1, 1, desc=label("warm-up draw"))  # lazy init and allocator caches
     timings = {}
     for n in sizes:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
         started = time.perf_counter()
-        draw_samples(model, choose, n, n)
+        draw_samples(model, choose, n, n, desc=label(f"timed batch of {n}"))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         timings[f"time_{n}_s"] = time.perf_counter() - started
@@ -127,7 +139,9 @@ def run(
         )
     ncp_prior = load_ncp_prior(classifier_files, torch_device, checkpoint) if sampler != "base" else None
     choose = make_group_sampler(sampler, ncp_prior, sample)
-    small_batches = time_small_batches(model, choose, torch_device, sample.timed_batch_sizes)
+    small_batches = time_small_batches(
+        model, choose, torch_device, sample.timed_batch_sizes, desc=f"sample {method}"
+    )
     seed_everything(seed + 7)  # the timing draws must not change the samples
     choose = make_group_sampler(sampler, ncp_prior, sample)  # fresh diagnostics
     if torch_device.type == "cuda":
