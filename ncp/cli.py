@@ -63,13 +63,14 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def _start_job(command: str, cfg: ExperimentConfig, threads: int | None) -> None:
-    """CPU threads and the end-with-Snakemake watchdog for every stage (see ncp.runtime); a multi-GPU
-    training claims its GPUs here, before torchrun starts its processes (other stages claim theirs when
-    they pick their device)."""
+    """CPU threads, glibc's reuse of freed memory and the end-with-Snakemake watchdog for every stage
+    (see ncp.runtime); a multi-GPU training claims its GPUs here, before torchrun starts its processes
+    (other stages claim theirs when they pick their device)."""
     from ncp import runtime
 
     runtime.exit_with_workflow()
     runtime.set_threads(threads or cfg.run.threads)
+    runtime.keep_freed_memory()
     if command == "train-vae" and cfg.vae.train.num_processes > 1:
         runtime.pick_device(cfg.device, num_gpus=cfg.vae.train.num_processes)
 

@@ -61,6 +61,38 @@ def set_threads(threads: int) -> None:
         pass
 
 
+# glibc's mallopt parameters (malloc.h): why ``keep_freed_memory`` exists is in its docstring.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # glibc's largest allowed on 64-bit systems
+TRIM_THRESHOLD_BYTES = 1024 * 1024 * 1024
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed blocks of up to 32 MiB for reuse instead of handing them back to the kernel.
+
+    Why: a stage frees and allocates the same large tensors thousands of times (SIR's proposal chunks,
+    NCE batches). By default glibc maps each block over its dynamic threshold fresh from the kernel and
+    unmaps it when freed, so every reuse faults in new zeroed pages: measured on the default run's SIR
+    job (300 images, 2 threads), 12.3 s of system time beside 17.8 s of user time. With this call the
+    same job took 9.0 s system and 13% less wall time, one NCE epoch 3.2 s system instead of 8 s; peak
+    resident memory rose by up to 10% (freed blocks stay mapped). No torch or environment setting does
+    this for a process already started. Returns whether it applied (False off glibc, e.g. macOS).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return False
+    if not hasattr(libc, "gnu_get_libc_version"):  # glibc only: other C libraries have other knobs
+        return False
+    return bool(
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+        and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    )
+
+
 WORKFLOW_PID_ENV = "NCP_WORKFLOW_PID"  # the Snakemake process that started this job (set by the Snakefile)
 
 

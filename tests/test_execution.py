@@ -369,3 +369,42 @@ def test_a_job_whose_snakemake_process_ends_stops_and_writes_nothing(tmp_path):
     started = time.monotonic()
     assert job.wait(timeout=10) == -signal.SIGKILL and time.monotonic() - started < 2.5
     assert not out.exists()
+
+
+def test_jobs_reuse_freed_memory_instead_of_faulting_in_fresh_pages():
+    # Tensors of 4-20 MB of changing sizes allocated, computed on and freed 100 times, as SIR's chunks and
+    # NCE's batches are. By default glibc hands such blocks back to the kernel (its dynamic mmap and trim
+    # thresholds) and every reuse faults in fresh pages; with keep_freed_memory they are reused. Fails if
+    # the call does nothing (e.g. wrong mallopt parameter numbers) or is dropped from the job start.
+    code = textwrap.dedent(
+        """
+        import resource, sys, torch
+        from ncp import runtime
+        torch.set_num_threads(1)
+        if sys.argv[1] == "tuned":
+            assert runtime.keep_freed_memory()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for i in range(100):
+            x = torch.randn(1_000_000 * (1 + i % 5))
+            y = (x * 2).exp()
+            del x, y
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    faults = {
+        mode: int(
+            subprocess.run(
+                [sys.executable, "-c", code, mode], env=env, capture_output=True, text=True, check=True
+            ).stdout
+        )  # fmt: skip
+        for mode in ("default", "tuned")
+    }
+    # Measured (three runs each): 113,000-545,000 faults by default, 19,600-22,500 with the call.
+    assert faults["default"] > 80_000, faults  # the premise: fresh pages again and again
+    assert faults["tuned"] * 3 < faults["default"], faults
+    import inspect
+
+    from ncp import cli
+
+    assert "runtime.keep_freed_memory()" in inspect.getsource(cli._start_job)  # every stage starts with it
