@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from ncp.params import load_params_files
 from ncp.workflow import plan, plan_jobs
@@ -143,6 +144,30 @@ def test_the_stage_table_sums_the_jobs(monkeypatch):
     assert table.loc["train_nce", "jobs"] == 4 + 2
     assert table.loc["train_vae", "hours"] == pytest.approx(2 * (2.0 + 0.5 + 8 * 3.0) / 3600)
     assert math.isclose(table.loc["total", "peak_gb"], max(r["peak_bytes"] for r in rows) / 1e9)
+
+
+def test_the_timing_processes_get_params_a_stage_can_build(monkeypatch):
+    # plan_timing builds each experiment's config in a child process with ExperimentConfig.from_params,
+    # as a stage does. Fails if make_plan hands it params with the run settings already copied into the
+    # science sections (from_params refuses vae.train.checkpoint_every there): `ncp plan` then failed on
+    # every params file, which the fake timing of the other tests could not see.
+    import ncp.workflow.plan_timing as timing
+    from ncp.config import ExperimentConfig
+
+    built = []
+
+    def timing_that_builds(p, device, batch):
+        with monkeypatch.context() as patched:  # the child's own config building, without the child
+            patched.setattr(
+                ExperimentConfig, "from_params", lambda params: built.append(params) or real(params)
+            )
+            timing._build(p, torch.device("cpu"))
+        return _fake_timing(4 if "table7" not in p["experiment"] else 2)
+
+    real = ExperimentConfig.from_params
+    monkeypatch.setattr(timing, "time_experiment", timing_that_builds)
+    plan.make_plan(_micro(), "cpu")
+    assert len(built) == 2  # the main run and its Table 7 sub-experiment (2 groups), both built
 
 
 def test_an_unknown_dataset_size_is_a_one_line_error():

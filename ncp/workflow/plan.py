@@ -131,12 +131,15 @@ def make_plan(params: dict, device: str, timing_batch: int | None = 4) -> tuple[
     """Per job: stage, experiment, units, estimated seconds, peak and disk bytes; and each experiment's timing."""
     from ncp.workflow.plan_timing import time_experiment
 
-    experiments = {e.name: with_run_settings(e.params) for e in study_experiments(params)}
+    study = {e.name: e.params for e in study_experiments(params)}
+    experiments = {name: with_run_settings(p) for name, p in study.items()}
     timing, by_key = {}, {}
     for name, p in experiments.items():
         key = _timing_key(p)
         if key not in by_key:  # sub-experiments that change only evaluation share their parent's timing
-            t = time_experiment(p, device, timing_batch)
+            # The timing processes build configs from the params as a stage gets them: the run settings
+            # stay in `run` (ExperimentConfig.from_params refuses them in the science sections).
+            t = time_experiment(study[name], device, timing_batch)
             t.update(
                 sir_num_proposals=p["sample"]["sir"]["num_proposals"],
                 sir_chunk_size=p["sample"]["sir"]["chunk_size"],

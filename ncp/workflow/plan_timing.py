@@ -43,7 +43,9 @@ def _build(params: dict, device: torch.device):
     from ncp.config import ExperimentConfig
     from ncp.models.registry import build_vae
 
-    cfg = ExperimentConfig.from_params(params)
+    # As a stage gets them: no experiment name (a sub-experiment's is a path, which the schema's name
+    # pattern refuses; stages never read it) and the run settings in `run`.
+    cfg = ExperimentConfig.from_params({k: v for k, v in params.items() if k != "experiment"})
     args = dataclasses.asdict(cfg.vae.backbone)
     if cfg.vae.arch == "mlp":  # its training mean is a buffer; any image will do for timing
         args = {**args, "data_mean": torch.full((1, 32, 32), 0.5)}
