@@ -35,5 +35,9 @@ def test_quick_benchmark_writes_consistent_positive_figures(tmp_path):
         r["pairs_per_s"] > 0 for r in record["nce"]
     )
     jobs = record["nce_jobs"]
-    assert record["nce_parallel_efficiency"] == pytest.approx(jobs["wall_cores_2_s"] / jobs["wall_cores_1_s"])
+    assert record["nce_parallel_efficiency"] == pytest.approx(
+        jobs["jobs_span_cores_2_s"] / jobs["jobs_span_cores_1_s"]
+    )
+    for cores in (1, 2):  # the jobs ran inside the Snakemake command, and took time
+        assert 0 < jobs[f"jobs_span_cores_{cores}_s"] < jobs[f"wall_cores_{cores}_s"]
     assert record["cache"]["images_per_s"] > 0 and record["matmul_peak_gflops"] > 0
