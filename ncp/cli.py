@@ -146,6 +146,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--summary-out", type=Path, required=True)
     p.add_argument("--tables-dir", type=Path, required=True)
     p.add_argument("--figures-dir", type=Path, required=True)
+    p.add_argument(
+        "--figure5-from", type=Path, help="metrics folder of paper.table9_from's run: its Fig. 5 is drawn too"
+    )
 
     p = commands.add_parser("paper-table", help="stage 5: one of the paper's tables, ours beside the paper's")
     _add_params(p)
@@ -298,7 +301,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif command == "tables":
         from ncp import tables
 
-        tables.run(cfg, args.metrics_dir, args.summary_out, args.tables_dir, args.figures_dir)
+        tables.run(
+            cfg, args.metrics_dir, args.summary_out, args.tables_dir, args.figures_dir, args.figure5_from
+        )
     elif command == "paper-table":
         from ncp import paper_tables
 

@@ -39,14 +39,35 @@ def provenance_lines(summary: dict) -> list[str]:
     return [f"{name}: {describe(block)}" for name, block in sorted(blocks.items())]
 
 
+def _nce_files(metrics_dir: Path) -> list[Path]:
+    return sorted((metrics_dir / "nce").glob("group_*.json"), key=lambda p: int(p.stem.split("_")[1]))
+
+
+def nce_per_group(nce_groups: list[dict], fid: dict) -> list[dict]:
+    """Each group's classifier figures (on its test images) beside SIR's diagnostics for that group."""
+    sir_stats = fid.get("sampling", {}).get("sir", {}).get("diagnostics", {})
+    return [
+        {
+            "group": g["group"],
+            "final_loss": g["final_loss"],
+            "js_estimate": g["js_estimate"],
+            "mean_log_r_q": g["mean_log_r_q"],
+            "mean_log_r_p": g["mean_log_r_p"],
+            "accuracy": g["accuracy"],
+            "sir_ess": sir_stats.get(str(g["group"]), {}).get("mean_ess"),
+            "sir_log_z_k_std": sir_stats.get(str(g["group"]), {}).get("std_log_mean_r"),
+        }
+        for g in nce_groups
+    ]
+
+
 def build_summary(cfg: ExperimentConfig, metrics_dir: Path) -> dict:
     """Collect every metric file of one run into the machine-readable summary."""
     metrics_dir = Path(metrics_dir)
     fid, mmd, nll = (read_json(metrics_dir / f"{name}.json") for name in ("fid", "mmd", "nll"))
-    nce_files = sorted((metrics_dir / "nce").glob("group_*.json"), key=lambda p: int(p.stem.split("_")[1]))
+    nce_files = _nce_files(metrics_dir)
     nce_groups = [read_json(path) for path in nce_files]
     sampling = fid.get("sampling", {})
-    sir_stats = sampling.get("sir", {}).get("diagnostics", {})
     # every number's origin, under the one key a comparison of two runs drops
     origins = {
         f"{name}.json": record.get(PROVENANCE_KEY)
@@ -77,21 +98,7 @@ def build_summary(cfg: ExperimentConfig, metrics_dir: Path) -> dict:
             "ncp_method": mmd["ncp_method"],
             "ncp_closer": mmd.get("ncp_closer"),
         },
-        "nce": {
-            "per_group": [
-                {
-                    "group": g["group"],
-                    "final_loss": g["final_loss"],
-                    "js_estimate": g["js_estimate"],
-                    "mean_log_r_q": g["mean_log_r_q"],
-                    "mean_log_r_p": g["mean_log_r_p"],
-                    "accuracy": g["accuracy"],
-                    "sir_ess": sir_stats.get(str(g["group"]), {}).get("mean_ess"),
-                    "sir_log_z_k_std": sir_stats.get(str(g["group"]), {}).get("std_log_mean_r"),
-                }
-                for g in nce_groups
-            ],
-        },
+        "nce": {"per_group": nce_per_group(nce_groups, fid)},
         "sampling": {
             name: {
                 key: s.get(key)
@@ -157,15 +164,20 @@ def results_frame(summary: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def plot_figure5(summary: dict, figures_dir: Path) -> None:
+def _finish(fig, ax, title: str | None) -> None:
+    if title:
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+
+
+def plot_figure5(groups: list[dict], figures_dir: Path, suffix: str = "", title: str | None = None) -> None:
     """Fig. 5: (a) final classifier loss per group, (b) SIR effective sample size vs that loss, and beside it
-    (c) the std over contexts of SIR's per-context log Z_k per group."""
+    (c) the std over contexts of SIR's per-context log Z_k per group; files ``fig5_<panel><suffix>.png``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = summary["nce"]["per_group"]
     figures_dir.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.bar([g["group"] for g in groups], [g["final_loss"] for g in groups], color="tab:blue")
@@ -173,8 +185,8 @@ def plot_figure5(summary: dict, figures_dir: Path) -> None:
     ax.set_xlabel("latent group")
     ax.set_ylabel("final NCE loss L*")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    atomic_savefig(fig, figures_dir / "fig5_loss.png", dpi=120)
+    _finish(fig, ax, title)
+    atomic_savefig(fig, figures_dir / f"fig5_loss{suffix}.png", dpi=120)
     plt.close(fig)
     with_ess = [g for g in groups if g.get("sir_ess") is not None]
     fig, ax = plt.subplots(figsize=(5, 3))
@@ -183,8 +195,8 @@ def plot_figure5(summary: dict, figures_dir: Path) -> None:
         ax.annotate(str(g["group"]), (g["final_loss"], g["sir_ess"]), fontsize=8)
     ax.set_xlabel("final NCE loss L*")
     ax.set_ylabel("SIR effective sample size")
-    fig.tight_layout()
-    atomic_savefig(fig, figures_dir / "fig5_ess.png", dpi=120)
+    _finish(fig, ax, title)
+    atomic_savefig(fig, figures_dir / f"fig5_ess{suffix}.png", dpi=120)
     plt.close(fig)
     # beside Fig. 5: how much SIR's per-context normaliser Z_k(z_<k) varies; sampling uses the locally
     # normalised prod_k r_k p_k / Z_k, the NLL scores r p / Z with one Z: they agree only where this is ~0
@@ -193,15 +205,25 @@ def plot_figure5(summary: dict, figures_dir: Path) -> None:
     ax.bar([g["group"] for g in with_spread], [g["sir_log_z_k_std"] for g in with_spread], color="tab:green")
     ax.set_xlabel("latent group")
     ax.set_ylabel("std over contexts of log Z_k")
-    fig.tight_layout()
-    atomic_savefig(fig, figures_dir / "fig5_log_z_k.png", dpi=120)
+    _finish(fig, ax, title)
+    atomic_savefig(fig, figures_dir / f"fig5_log_z_k{suffix}.png", dpi=120)
     plt.close(fig)
 
 
 def run(
-    cfg: ExperimentConfig, metrics_dir: Path, summary_out: Path, tables_dir: Path, figures_dir: Path
+    cfg: ExperimentConfig,
+    metrics_dir: Path,
+    summary_out: Path,
+    tables_dir: Path,
+    figures_dir: Path,
+    figure5_from: Path | None = None,
 ) -> None:
-    """Write the summary, the results table and Fig. 5 (the paper's tables: ncp/paper_tables.py)."""
+    """Write the summary, the results table and Fig. 5 (the paper's tables: ncp/paper_tables.py).
+
+    ``figure5_from``: the metrics folder of the sub-experiment ``paper.table9_from`` names; its Fig. 5 is
+    drawn too (``fig5_<panel>_table9_run.png``): the paper's Table 9 and Fig. 5(a) describe one
+    15-group model, not the 30-group run whose tables this is.
+    """
     summary = build_summary(cfg, metrics_dir)
     write_json(summary, summary_out)
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
@@ -225,4 +247,10 @@ def run(
         tables_dir / "results",
         summary["model_origin"],
     )
-    plot_figure5(summary, figures_dir)
+    plot_figure5(summary["nce"]["per_group"], figures_dir, title=f"{cfg.experiment} (this run)")
+    if figure5_from is not None:
+        figure5_from = Path(figure5_from)
+        nce_groups = [read_json(path) for path in _nce_files(figure5_from)]
+        groups = nce_per_group(nce_groups, read_json(figure5_from / "fid.json"))
+        title = f"{figure5_from.parent.name} ({len(groups)} groups; Table 9's run)"  # results/<name>/metrics
+        plot_figure5(groups, figures_dir, "_table9_run", title)

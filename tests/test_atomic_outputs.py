@@ -39,9 +39,9 @@ def test_a_figure_whose_saving_fails_half_way_is_not_left_behind(tmp_path, monke
         raise OSError("disk full")
 
     monkeypatch.setattr(Figure, "savefig", savefig_then_die)
-    summary = {"nce": {"per_group": [{"group": 0, "final_loss": 1.2, "sir_ess": 3.0}]}}
+    groups = [{"group": 0, "final_loss": 1.2, "sir_ess": 3.0}]
     with pytest.raises(OSError):
-        tables.plot_figure5(summary, tmp_path)
+        tables.plot_figure5(groups, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -342,7 +342,7 @@ def dry_runs(tmp_path_factory):
         # No CelebA-HQ-256 loader yet: until the schema knows the name, dry-run the rest of the file.
         if _load(name)["data"]["name"] == "celebahq256" and not _schema_knows("celebahq256"):
             files.append(str(substitute))
-        return _snakemake(workdir, "-n", "--cores", "2", "--configfile", *files, timeout=300)
+        return _snakemake(workdir, "-n", "-p", "--cores", "2", "--configfile", *files, timeout=300)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(zip(sorted(EXPECTED_GROUPS), pool.map(dry_run, sorted(EXPECTED_GROUPS))))
@@ -369,6 +369,21 @@ def test_paper_params_dry_run_has_one_nce_job_per_group(dry_runs, name):
         t for t, files in params["paper"]["experiments"].items() if files
     ]:
         assert jobs[(table, "")] == 1, table
+
+
+def _tables_job(stdout: str) -> str:
+    return next(block for block in stdout.split("\nrule ")[1:] if block.startswith("tables:"))
+
+
+def test_the_celeba64_study_draws_fig5_also_from_the_run_of_table9(dry_runs):
+    # The paper's Table 9 and Fig. 5(a) describe one 15-group model (`paper.table9_from`): the tables job
+    # must read that run's classifier and SIR figures and draw its Fig. 5 beside the 30-group run's own.
+    job = _tables_job(dry_runs["paper/celeba64_nvae_30groups.yaml"].stdout)
+    sub = "results/celeba64_nvae_30groups/table7/celeba64_groups_15/metrics"
+    assert f"{sub}/nce/group_14.json" in job and f"{sub}/fid.json" in job and f"--figure5-from {sub}" in job
+    assert "results/celeba64_nvae_30groups/figures/fig5_loss_table9_run.png" in job
+    # a run without table9_from draws only its own
+    assert "table9_run" not in _tables_job(dry_runs["paper/mnist_nvae.yaml"].stdout)
 
 
 # Sub-experiments the paper params run for their tables' other rows, and their latent groups.

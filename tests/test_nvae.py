@@ -343,9 +343,10 @@ def test_sampling_runs_for_every_likelihood() -> None:
         assert at_zero.shape == (1, model.config.output_channels, 16, 16) and torch.isfinite(at_zero).all()
 
 
-def test_depthwise_conv_gradients_match_torchs_and_channels_last_steps_match_nchw() -> None:
+def test_depthwise_conv_gradients_match_torchs_and_channels_last_steps_match_nchw(monkeypatch) -> None:
     # _DepthwiseConv2d computes the weight gradient on channels-last copies (a CPU speed-up); a wrong
     # index order or a dropped bias gradient there would train a different model than NVAE's
+    from ncp.models.nvae import layers
     from ncp.models.nvae.layers import PlainConv2d
 
     torch.manual_seed(0)
@@ -356,6 +357,28 @@ def test_depthwise_conv_gradients_match_torchs_and_channels_last_steps_match_nch
     expected = torch.autograd.grad(plain.square().sum(), [x, conv.weight, conv.bias])
     for got, want in zip(grads, expected):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+    # stride 1, wide layers on maps of at most SMALL_MAP_PIXELS: the weight gradient is summed tap by tap;
+    # non-square maps and kernels, both layouts (a swapped tap index or padding side would show here)
+    wide = layers.WIDE_LAYER_CHANNELS
+    by_taps = []
+    real_taps = layers._weight_grad_by_taps
+    monkeypatch.setattr(layers, "_weight_grad_by_taps", lambda *a: by_taps.append(1) or real_taps(*a))
+    for kernel, padding, size in (
+        ((5, 5), (2, 2), (4, 6)),
+        ((3, 5), (1, 2), (8, 8)),
+        ((5, 5), (1, 2), (7, 3)),
+    ):
+        conv = PlainConv2d(wide, wide, kernel, stride=1, padding=padding, groups=wide, bias=True).double()
+        for memory_format in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(2, wide, *size, dtype=torch.double).contiguous(memory_format=memory_format)
+            x.requires_grad_(True)
+            grads = torch.autograd.grad(conv(x).square().sum(), [x, conv.weight, conv.bias])
+            plain = torch.nn.functional.conv2d(x, conv.weight, conv.bias, 1, padding, 1, wide)
+            expected = torch.autograd.grad(plain.square().sum(), [x, conv.weight, conv.bias])
+            for got, want in zip(grads, expected):
+                torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert len(by_taps) == 6  # every case above took the tap-by-tap path
 
     # stage 1 trains NVAE in channels-last on the CPU: the same loss and gradients as NCHW (noise 0:
     # randn_like fills a channels-last tensor in memory order, so noisy draws differ per element)

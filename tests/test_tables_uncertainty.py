@@ -139,3 +139,39 @@ def test_table6_notes_give_the_paired_difference_seed_spread_flag_and_sources(tm
     assert "main: † NCP NLL indicative only" in text
     assert "main/nll.json: `evaluate nll`: commit feedfacecafe" in text
     assert "this table: `paper-table table6`" in text
+
+
+def test_fig5_is_drawn_also_from_the_run_table9_names(tmp_path, monkeypatch):
+    # The paper's Table 9 and Fig. 5(a) describe one 15-group model, not the 30-group run whose tables
+    # these are: with `figure5_from`, Fig. 5 must show that run's classifiers and SIR, not this run's again.
+    metrics = _metrics(tmp_path / "results/main/metrics", indicative=False)
+    sub = tmp_path / "results/main/table7/groups_3/metrics"
+    diagnostics = {str(k): {"mean_ess": 7.0 + k, "std_log_mean_r": 0.1} for k in range(3)}
+    (sub / "nce").mkdir(parents=True)
+    (sub / "fid.json").write_text(json.dumps({"sampling": {"sir": {"diagnostics": diagnostics}}}))
+    for k, loss in enumerate([1.1, 1.2, 1.3]):
+        record = {
+            "group": k,
+            "final_loss": loss,
+            "js_estimate": 0,
+            "mean_log_r_q": 0,
+            "mean_log_r_p": 0,
+        }
+        (sub / f"nce/group_{k}.json").write_text(json.dumps({**record, "accuracy": 0.5}))
+    drawn = []
+    real_plot = tables.plot_figure5
+
+    def spy(groups, figures_dir, suffix="", title=None):
+        drawn.append((suffix, groups, title))
+        real_plot(groups, figures_dir, suffix, title)
+
+    monkeypatch.setattr(tables, "plot_figure5", spy)
+    tables.run(_cfg(), metrics, metrics / "summary.json", tmp_path / "t", tmp_path / "f", figure5_from=sub)
+    assert [suffix for suffix, _, _ in drawn] == ["", "_table9_run"]
+    assert [g["final_loss"] for g in drawn[0][1]] == [1.3, 1.3]  # this run's two groups
+    assert [(g["final_loss"], g["sir_ess"]) for g in drawn[1][1]] == [(1.1, 7.0), (1.2, 8.0), (1.3, 9.0)]
+    assert drawn[1][2].startswith("groups_3 (3 groups")
+    for panel in ("loss", "ess", "log_z_k"):
+        assert (tmp_path / f"f/fig5_{panel}.png").is_file() and (
+            tmp_path / f"f/fig5_{panel}_table9_run.png"
+        ).is_file()

@@ -16,6 +16,7 @@ from ncp.workflow.study import (
     study_experiments,
     sweep_variants,
     table_metric_files,
+    table9_run,
     table_runs,
     written_tables,
 )
