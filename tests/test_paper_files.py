@@ -12,6 +12,7 @@ from ncp import model_origin, tables
 from ncp.config import ExperimentConfig
 from ncp.data import ImageSet, save_image_set
 from ncp.params import load_params_files
+from ncp.workflow.study import study_experiments
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_FILES = sorted((REPO / "params" / "paper").glob("*.yaml"))
@@ -78,6 +79,12 @@ def test_the_smoke_overlay_keeps_the_architecture_and_shrinks_the_work(paper_fil
     assert smoke["sample"]["num_samples"] <= 10 and smoke["sample"]["timed_batch_sizes"] == [1]
     assert smoke["data"]["synthetic_if_missing"] and not full["data"]["synthetic_if_missing"]
     assert smoke["experiment"] == "smoke"  # never a real run's folder
+    # the sub-experiments (Table 1's GMM row, Table 7's group counts) are smoked too: an overlay that
+    # restated a whole paper file would undo the smoke's limits for its run (a 1000-image batch on 200)
+    for sub in study_experiments(smoke, repo=REPO)[1:]:
+        train = sub.params["vae"]["train"]
+        assert train["max_steps"] <= 5 and sub.params["data"]["train_limit"] <= 500, sub.name
+        assert train["batch_size"] <= 8 and sub.params["sample"]["num_samples"] <= 10, sub.name
 
 
 def test_train_vae_stops_after_max_steps_and_records_the_data_it_saw(tmp_path):
