@@ -147,8 +147,9 @@ def build_optimizer(model, train: VAETrainConfig) -> torch.optim.Optimizer:
     # foreach: one multi-tensor update instead of a loop over NVAE's 240-1,300 parameters (on the CPU
     # the paper MNIST model's Adamax step measured 0.71 s against 0.86 s; the same arithmetic). Its price
     # is temporaries the size of all parameters together (the decayed gradients, their absolute values):
-    # 2.6 GB for the 322 M parameters of the CelebA-HQ-256 NVAE, whose CPU smoke ran out of a 23 GB
-    # machine. Large models on the CPU therefore take the per-tensor loop; GPUs keep foreach.
+    # 2.6 GB for the 322 M parameters of the CelebA-HQ-256 NVAE, whose CPU smoke (batch 2, 23 GB machine)
+    # was killed for memory with foreach and peaked at 21.8 GB without it. Large models on the CPU
+    # therefore take the per-tensor loop; GPUs keep foreach.
     parameters = list(model.parameters())
     on_gpu = any(p.device.type == "cuda" for p in parameters)
     foreach = on_gpu or sum(p.numel() for p in parameters) <= FOREACH_MAX_CPU_PARAMETERS
