@@ -127,7 +127,7 @@ rule nce:
 --params {params} --threads {{threads}} --latents {{input}} --out {{output.c}} --metrics-out {{output.m}} \
 > /dev/null 2>&1 && {stamp} > times/{{wildcards.g}}.end"
 """
-# a clock any platform has (GNU date's %N is not on macOS); ~30 ms, outside the measured span's jobs
+# a clock any platform has (GNU date's %N is not on macOS); one Python start, ~30 ms per stamp
 STAMP = "{python} -c 'import time; print(repr(time.time()))'"
 
 
