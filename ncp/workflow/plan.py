@@ -212,6 +212,8 @@ def compare_with_benchmarks(rows: list[dict], results_root: str) -> list[dict]:
         with open(path) as handle:
             record = next(csv.DictReader(handle, delimiter="\t"))
         measured, cpu = float(record["s"]), float(record["cpu_time"])
+        # max_rss is Snakemake's sampled peak (MB) of the job's process tree; "-" where it sampled nothing
+        measured_gb = float(record["max_rss"]) / 1e3 if record.get("max_rss", "-") not in ("-", "") else None
         compared.append(
             {
                 "job": f"{row['experiment']}: {name}",
@@ -219,9 +221,24 @@ def compare_with_benchmarks(rows: list[dict], results_root: str) -> list[dict]:
                 "measured_s": measured,
                 "ratio": row["seconds"] / measured,
                 "measured_cpu_s": cpu,  # far below the wall where other work shares the CPU
+                "estimated_gb": row["peak_bytes"] / 1e9,
+                "measured_gb": measured_gb,
+                "memory_ratio": row["peak_bytes"] / 1e9 / measured_gb if measured_gb else None,
             }
         )
     return compared
+
+
+def within_factor(compared: list[dict], factor: float = 2.0) -> str:
+    """One line: how many jobs' time and memory estimates lie within ``factor`` of the measured figures."""
+
+    def count(key: str) -> str:
+        ratios = [c[key] for c in compared if c[key]]
+        inside = sum(1 / factor <= r <= factor for r in ratios)
+        spread = f" (ratios {min(ratios):.2f}-{max(ratios):.2f})" if ratios else ""
+        return f"{inside} of {len(ratios)} jobs{spread}"
+
+    return f"within {factor:g}x of measured: time {count('ratio')}; peak memory {count('memory_ratio')}"
 
 
 def run(params: dict, device: str, timing_batch: int | None, compare: str | None = None) -> str:
@@ -255,6 +272,7 @@ def run(params: dict, device: str, timing_batch: int | None, compare: str | None
                 f"sum over these jobs: estimated {estimated:.0f} s, measured {measured:.0f} s (Snakemake runs "
                 "jobs side by side with --cores N, so the measured sum exceeds the run's wall time)"
             )
+            lines.append(within_factor(compared))
         lines.append(
             pd.DataFrame(compared).to_markdown(index=False, floatfmt=".3g")
             if compared
