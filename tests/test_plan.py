@@ -27,7 +27,9 @@ def _fake_timing(groups: int) -> dict:
         "num_parameters": 1000,
         "encode_image_s": 0.01,
         "base_image_s": 0.1,
-        "sir_chunk_s": 0.05,
+        "sir_proposal_s": 0.0125,
+        "load_s": 0.25,
+        "baseline_bytes": 3e8,
         "ld_step_s": 0.2,
         "nce_step_s": [0.25] * groups,
         "classifier_parameters": [100] * groups,
@@ -62,23 +64,29 @@ def test_micro_study_work_counts_match_the_stages_own_arithmetic():
     assert sum(j.stage == "train_nce" for j in sub) == 2
     assert sorted(j.detail["method"] for j in sub if j.stage == "sample") == ["base", "ld", "sir"]
     assert sum(j.stage == "prepare_data" for j in jobs) == 1  # one data split for the study
+    # log Z walks the prior log_z_samples times under each of its 5 seeds (the schema's default)
+    assert main[("evaluate_nll", None, None)].detail["log_z"] == 256 * 5
 
 
 def test_estimates_are_start_up_plus_units_at_the_timed_price():
-    t = {**_fake_timing(4), "sir_num_proposals": 8, "sir_chunk_size": 4, "ld_num_steps": 3}
+    t = {**_fake_timing(4), "sir_num_proposals": 8, "ld_num_steps": 3}
     jobs = {
         (j.stage, j.detail.get("method")): j
         for j in plan_jobs.study_jobs(_micro())
         if j.experiment == "micro"
     }
     assert plan.estimate_seconds(jobs[("train_vae", None)], t) == pytest.approx(2.0 + 0.5 + 8 * 3.0)
-    assert plan.estimate_seconds(jobs[("cache_latents", None)], t) == pytest.approx(2.0 + 0.5 + 256 * 0.01)
-    # SIR at M = 8 in chunks of 4: a prior walk plus 2 chunks per image, 76 images
+    # stage 2 jobs also read the VAE checkpoint and hash it (load_s)
+    assert plan.estimate_seconds(jobs[("cache_latents", None)], t) == pytest.approx(
+        2.0 + 0.5 + 0.25 + 256 * 0.01
+    )
+    # SIR at M = 8: a prior walk plus 8 proposals per image, 76 images
     t.update(readjusts_batchnorm=False, bn_readjust_s=0.0)
-    per_image = 0.1 + 2 * 0.05
-    assert plan.estimate_seconds(jobs[("sample", "sir")], t) == pytest.approx(2.5 + 76 * per_image)
-    # the sweep's M = 2 fits in one chunk; LD 3 steps
-    assert plan.sample_seconds_per_image(t, "sir", proposals=2) == pytest.approx(0.15)
+    per_image = 0.1 + 8 * 0.0125
+    assert plan.estimate_seconds(jobs[("sample", "sir")], t) == pytest.approx(2.75 + 76 * per_image)
+    # the sweep's M = 2 costs a quarter of M = 8's proposals, not a whole chunk (the smoke's M = 5 sweep
+    # was billed a chunk of 250 and estimated at 3x its measured time); LD 3 steps
+    assert plan.sample_seconds_per_image(t, "sir", proposals=2) == pytest.approx(0.125)
     assert plan.sample_seconds_per_image(t, "ld") == pytest.approx(0.1 + 3 * 0.2)
     # the paper's FID: 50,000 images at the file's M (here 8), in hours
     assert plan.paper_fid_hours(t) == pytest.approx(50_000 * per_image / 3600)
@@ -99,6 +107,9 @@ def test_disk_and_memory_follow_the_shapes_and_the_cache_dtype():
     assert plan.disk_bytes(jobs[("sample", "sir")], params, t) == 64 * (1024 + 4 * 64)
     # stage 1 holds its 256 training images beside the model's own peak
     assert plan.peak_bytes(jobs[("train_vae", None)], params, t) == 1e9 + 256 * 1024
+    # data preparation: a process with torch (baseline_bytes) and both splits (256 + 64 images)
+    prepare = next(j for j in plan_jobs.study_jobs(params) if j.stage == "prepare_data")
+    assert plan.peak_bytes(prepare, params, t) == 3e8 + (256 + 64) * 1024
 
     # stage 2's memory does not grow with the pairs: one shard buffer per group while caching (4 groups of
     # cache.shard_mb), nce.buffer_shards of them in an NCE job
@@ -120,9 +131,11 @@ def test_stream_mode_writes_no_cache_and_prices_the_vae_passes_inside_each_nce_j
     nce = next(j for j in jobs if j.stage == "train_nce")
     # 256 images, 51 held out, batch 64, 2 epochs: 8 steps; and 2 x 256 VAE passes at 0.01 s
     assert nce.units == 8
-    assert plan.estimate_seconds(nce, t) == pytest.approx(2.0 + 8 * 0.25 + 0.5 + 2 * 256 * 0.01)
-    # the VAE and the images live in the NCE job now, not a shard buffer
-    assert plan.peak_bytes(nce, params, t) == 6e8 + 5e8 + 256 * 1024
+    assert plan.estimate_seconds(nce, t) == pytest.approx(2.0 + 8 * 0.25 + 0.5 + 0.25 + 2 * 256 * 0.01)
+    # the VAE and the images live in the NCE job now, not a shard buffer; the timed peak (6e8) already
+    # holds the VAE beside the classifiers, so the sampling peak is not added again (that double count
+    # estimated the 30-group smoke's NCE jobs at 2.1x their measured 2.4 GB)
+    assert plan.peak_bytes(nce, params, t) == 6e8 + 256 * 1024
     # cache.num_images caps the images each epoch draws from: 100 images, 20 held out, 2 x 2 steps
     params["cache"]["num_images"] = 100
     capped = next(j for j in plan_jobs.study_jobs(params) if j.stage == "train_nce")

@@ -34,11 +34,11 @@ def estimate_seconds(job: Job, t: dict) -> float:
     if job.stage == "train_vae":
         return (t["startup_s"] + t["build_s"] + job.units * t["vae_step_s"]) if job.units else t["startup_s"]
     if job.stage == "cache_latents":
-        return t["startup_s"] + t["build_s"] + job.units * t["encode_image_s"]
+        return t["startup_s"] + t["build_s"] + t["load_s"] + job.units * t["encode_image_s"]
     if job.stage == "train_nce":
-        # cache.mode stream: the job also runs the VAE over its images (build and forward passes)
+        # cache.mode stream: the job also loads the VAE and runs it over its images
         streamed = job.detail.get("stream_images", 0)
-        drawing = (t["build_s"] + streamed * t["encode_image_s"]) if streamed else 0.0
+        drawing = (t["build_s"] + t["load_s"] + streamed * t["encode_image_s"]) if streamed else 0.0
         return t["startup_s"] + job.units * t["nce_step_s"][job.detail["group"]] + drawing
     if job.stage == "sample":
         method = job.detail["method"]
@@ -47,11 +47,12 @@ def estimate_seconds(job: Job, t: dict) -> float:
             t, sampler, overrides.get("num_proposals"), overrides.get("num_steps")
         )
         extra = t["bn_readjust_s"] if t["readjusts_batchnorm"] else 0.0
-        return t["startup_s"] + t["build_s"] + job.units * seconds + extra
+        return t["startup_s"] + t["build_s"] + t["load_s"] + job.units * seconds + extra
     if job.stage == "evaluate_nll":
         return (
             t["startup_s"]
             + t["build_s"]
+            + t["load_s"]
             + job.units * t["encode_image_s"]
             + job.detail["log_z"] * t["base_image_s"]
         )
@@ -61,12 +62,11 @@ def estimate_seconds(job: Job, t: dict) -> float:
 def sample_seconds_per_image(
     t: dict, sampler: str, proposals: int | None = None, steps: int | None = None
 ) -> float:
-    """Per image: a base prior walk, plus SIR's chunks of proposals or LD's steps (linear in M and T)."""
+    """Per image: a base prior walk, plus SIR's proposals or LD's steps (linear in M and T)."""
     if sampler == "base":
         return t["base_image_s"]
     if sampler == "sir":
-        chunks = math.ceil((proposals or t["sir_num_proposals"]) / t["sir_chunk_size"])
-        return t["base_image_s"] + chunks * t["sir_chunk_s"]
+        return t["base_image_s"] + (proposals or t["sir_num_proposals"]) * t["sir_proposal_s"]
     return t["base_image_s"] + (steps or t["ld_num_steps"]) * t["ld_step_s"]
 
 
@@ -111,13 +111,15 @@ def peak_bytes(job: Job, params: dict, t: dict) -> float:
         groups = len(t["group_shapes"])
         return t["sample_peak_bytes"] + num_train * image_bytes + groups * shard_bytes
     if job.stage == "train_nce":
-        if job.detail.get("stream_images"):  # the classifier's process, the VAE and the images it draws from
-            return t["peak_bytes"] + t["sample_peak_bytes"] + num_train * image_bytes
+        if job.detail.get("stream_images"):
+            # the timing process's peak already holds the VAE beside the classifiers, as this job does;
+            # add the images it draws from
+            return t["peak_bytes"] + num_train * image_bytes
         return t["peak_bytes"] + params["nce"]["buffer_shards"] * shard_bytes  # the shuffle buffer
     if job.stage == "evaluate_nll":
         return t["peak_bytes"] + num_test * image_bytes
     if job.stage == "prepare_data":
-        return (num_train + num_test) * image_bytes
+        return t["baseline_bytes"] + (num_train + num_test) * image_bytes
     return t["sample_peak_bytes"] if job.stage == "sample" else t["peak_bytes"]
 
 
@@ -142,7 +144,6 @@ def make_plan(params: dict, device: str, timing_batch: int | None = 4) -> tuple[
             t = time_experiment(study[name], device, timing_batch)
             t.update(
                 sir_num_proposals=p["sample"]["sir"]["num_proposals"],
-                sir_chunk_size=p["sample"]["sir"]["chunk_size"],
                 ld_num_steps=p["sample"]["ld"]["num_steps"],
             )
             t["readjusts_batchnorm"] = p["vae"]["arch"] == "nvae" and p["sample"]["temperature"] != 1.0

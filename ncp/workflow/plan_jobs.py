@@ -161,7 +161,7 @@ def study_jobs(params: dict) -> list[Job]:
                 name,
                 nll_images * nll["iw_samples"] * 2,
                 "passes",
-                detail={"log_z": nll["log_z_samples"]},
+                detail={"log_z": nll["log_z_samples"] * nll["log_z_seeds"]},  # prior walks of log Z
             )
         )
     return jobs

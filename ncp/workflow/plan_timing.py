@@ -99,11 +99,12 @@ def time_stage2(params: dict, device_name: str) -> dict:
 
     device = torch.device(device_name)
     cfg, model, _ = _build(params, device)
+    result = {"load_s": _checkpoint_load_seconds(model, device)}
     model.eval().requires_grad_(False)  # frozen, as stage 2 loads it: LD's gradients reach only z
     group_shapes, context_shapes = model.group_shapes(), model.context_shapes()
     images = max(1, min(cfg.sample.batch_size, cfg.cache.batch_size, 4 if device.type == "cpu" else 64))
     x = _random_batch(cfg, model, images, device)
-    result = {"group_shapes": group_shapes, "context_shapes": context_shapes}
+    result.update(group_shapes=group_shapes, context_shapes=context_shapes)
     with torch.no_grad():
         result["encode_image_s"] = _timed(lambda: model(x), device) / images
         result["base_image_s"] = _timed(lambda: model.walk_prior(images, sample_from_prior), device) / images
@@ -113,10 +114,12 @@ def time_stage2(params: dict, device_name: str) -> dict:
     ]
     prior = NCPPrior(classifiers)
     prior.freeze()
-    chunk = cfg.sample.sir.chunk_size
-    sir = SIRSampler(prior, num_proposals=chunk, chunk_size=chunk)  # one chunk: SIR is linear in chunks
+    # SIR's work is linear in its proposals (chunks only bound its memory): time one chunk of at most the
+    # file's M and price a proposal, so a sweep's M = 5 is not billed a whole chunk of 250
+    proposals = min(cfg.sample.sir.chunk_size, cfg.sample.sir.num_proposals)
+    sir = SIRSampler(prior, num_proposals=proposals, chunk_size=proposals)
     sir_s = _timed(lambda: model.walk_prior(images, sir), device) / images
-    result["sir_chunk_s"] = max(0.0, sir_s - result["base_image_s"])
+    result["sir_proposal_s"] = max(0.0, sir_s - result["base_image_s"]) / proposals
     ld = LangevinSampler(prior, num_steps=2, step_size=cfg.sample.ld.step_size)
     ld_s = _timed(lambda: model.walk_prior(images, ld), device) / images
     result["ld_step_s"] = max(0.0, ld_s - result["base_image_s"]) / 2
@@ -132,6 +135,23 @@ def time_stage2(params: dict, device_name: str) -> dict:
         nce_step_s=steps, classifier_parameters=classifier_parameters, peak_bytes=_peak_bytes(device)
     )
     return result
+
+
+def _checkpoint_load_seconds(model, device: torch.device) -> float:
+    """Seconds a stage-2 job spends on the VAE checkpoint: reading the weights and hashing the file (its
+    fingerprint); timed on a file of the model's own weights, just written (so read from the page cache)."""
+    import tempfile
+    from pathlib import Path
+
+    from ncp.priors.checkpoints import vae_fingerprint
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "vae.pt"
+        torch.save(model.state_dict(), path)
+        started = time.perf_counter()
+        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        vae_fingerprint(path)
+        return time.perf_counter() - started
 
 
 def _classifier_step_seconds(classifier, group_shape, context_shape, nce, device) -> float:
@@ -157,8 +177,11 @@ def _classifier_step_seconds(classifier, group_shape, context_shape, nce, device
 
 def _child(stage: str, args: tuple, queue) -> None:
     ready = time.time()
+    # what any job's process holds before its work: the interpreter and torch (prepare_data adds only images)
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     try:
         result = time_stage1(*args) if stage == "stage1" else time_stage2(*args)
+        result["baseline_bytes"] = baseline
         queue.put(("ok", ready, result))
     except Exception as error:  # reported in the parent, which owns the terminal
         queue.put(("error", ready, f"{type(error).__name__}: {error}"))
