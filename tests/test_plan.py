@@ -223,3 +223,29 @@ def test_the_factor_line_counts_both_bounds_and_skips_jobs_without_a_memory_samp
     assert plan.within_factor(compared) == (
         "within 2x of measured: time 2 of 3 jobs (ratios 0.49-2.00); peak memory 1 of 2 jobs (ratios 0.40-1.00)"
     )
+
+
+@pytest.mark.parametrize("num_proposals, timed", [(3, 3), (8, 4)])  # micro's run.sir_chunk_size is 4
+def test_stage2_timing_prices_sir_per_proposal_from_a_chunk_no_larger_than_m(
+    monkeypatch, num_proposals, timed
+):
+    # The real timing code on the micro model. Fails if SIR is timed at a whole chunk whatever M is: the
+    # 30-group smoke (M = 50, chunks of 250) was estimated at 3x its measured SIR time that way. Also
+    # fails if the checkpoint read (load_s) that every stage-2 job pays is not timed.
+    import ncp.samplers.sir as sir_module
+    import ncp.workflow.plan_timing as timing
+
+    timed_sizes = []
+
+    class RecordingSIR(sir_module.SIRSampler):
+        def __init__(self, prior, num_proposals, chunk_size, **kwargs):
+            timed_sizes.append((num_proposals, chunk_size))
+            super().__init__(prior, num_proposals=num_proposals, chunk_size=chunk_size, **kwargs)
+
+    monkeypatch.setattr(sir_module, "SIRSampler", RecordingSIR)
+    params = _micro()
+    params["sample"]["sir"]["num_proposals"] = num_proposals
+    result = timing.time_stage2(params, "cpu")
+    assert timed_sizes == [(timed, timed)]
+    assert result["sir_proposal_s"] >= 0 and result["load_s"] > 0
+    assert len(result["nce_step_s"]) == len(result["group_shapes"]) == 4
