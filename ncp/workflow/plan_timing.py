@@ -144,10 +144,11 @@ def _checkpoint_load_seconds(model, device: torch.device) -> float:
     from pathlib import Path
 
     from ncp.priors.checkpoints import vae_fingerprint
+    from ncp.runtime import atomic_save
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "vae.pt"
-        torch.save(model.state_dict(), path)
+        atomic_save(model.state_dict(), path)  # as stage 1 writes it
         started = time.perf_counter()
         model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
         vae_fingerprint(path)
