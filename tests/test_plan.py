@@ -249,3 +249,51 @@ def test_stage2_timing_prices_sir_per_proposal_from_a_chunk_no_larger_than_m(
     assert timed_sizes == [(timed, timed)]
     assert result["sir_proposal_s"] >= 0 and result["load_s"] > 0
     assert len(result["nce_step_s"]) == len(result["group_shapes"]) == 4
+
+
+# The main run's latent groups in each paper file: the paper's own counts (30 groups for CIFAR-10 and
+# CelebA-64, 20 for CelebA-HQ-256), NVAE's released models (35 and 36 groups), NVAE's MNIST (10), and 1
+# for the single-group VAEs of Tables 1 and 2.
+PAPER_FILE_GROUPS = {
+    "celeba64_conv_table1_gaussian": 1,
+    "celeba64_conv_table1_gmm": 1,
+    "celeba64_nvae_30groups": 30,
+    "celeba64_nvae_official": 35,
+    "celebahq256_nvae_20groups": 20,
+    "celebahq256_nvae_official": 36,
+    "cifar10_nvae": 30,
+    "mnist_mlp_table2": 1,
+    "mnist_nvae": 10,
+}
+
+
+@pytest.mark.parametrize("overlays", [[], ["smoke.yaml"]], ids=["paper", "smoke"])
+@pytest.mark.parametrize("name", sorted(PAPER_FILE_GROUPS))
+def test_every_paper_file_plans_one_classifier_per_group_and_prices_every_job(monkeypatch, name, overlays):
+    # `ncp plan` on every paper file, alone and under the smoke overlay, with known prices in place of the
+    # timing (which the smokes measure). Fails if a file's study cannot be turned into jobs (an unknown
+    # dataset size, a sub-experiment the planner cannot name), if the main run's NCE jobs are not one per
+    # group, or if a job gets no finite, positive estimate.
+    import ncp.workflow.plan_timing as timing
+    from ncp.params import num_latent_groups
+
+    def fake_timing(p, device, batch):
+        return {
+            **_fake_timing(num_latent_groups(p["vae"])),
+            "sir_num_proposals": p["sample"]["sir"]["num_proposals"],
+            "ld_num_steps": p["sample"]["ld"]["num_steps"],
+        }
+
+    monkeypatch.setattr(timing, "time_experiment", fake_timing)
+    files = [REPO / "params" / "default.yaml", REPO / "params" / "paper" / f"{name}.yaml"]
+    params = load_params_files(files + [REPO / "params" / o for o in overlays])
+    rows, _ = plan.make_plan(params, "cpu")
+    main = [r for r in rows if r["experiment"] == params["experiment"]]
+    assert sum(r["stage"] == "train_nce" for r in main) == PAPER_FILE_GROUPS[name]
+    assert {"prepare_data", "cache_latents", "train_nce", "sample", "evaluate_nll"} <= {
+        r["stage"] for r in main
+    }
+    assert all(math.isfinite(r["seconds"]) and r["seconds"] > 0 for r in rows)
+    # an official checkpoint is imported: no stage-1 steps to price
+    trains_stage1 = params["vae"]["init_checkpoint"] is None
+    assert any(r["stage"] == "train_vae" and r["units"] > 0 for r in main) == trains_stage1
