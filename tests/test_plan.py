@@ -1,5 +1,6 @@
-"""`ncp plan`'s arithmetic against step counts worked out by hand for params/test/micro.yaml, with the
-timing replaced by known prices (the timing itself is a measurement: see benchmarks/, not a test)."""
+"""`ncp plan`'s arithmetic against step counts worked out by hand for params/test/micro.yaml, and the jobs
+of every paper file, with the timing replaced by known prices (the timing itself is a measurement: see
+the README's "Cost plan", not a test; one test runs the real timing code to check what it times)."""
 
 import math
 from pathlib import Path
