@@ -87,6 +87,28 @@ def test_the_smoke_overlay_keeps_the_architecture_and_shrinks_the_work(paper_fil
         assert train["batch_size"] <= 8 and sub.params["sample"]["num_samples"] <= 10, sub.name
 
 
+# The overlays a small CPU adds after the smoke's (README, "Before a long run"): each may change only what
+# its comment names, or a smoke row measured with it would no longer be the paper file's architecture.
+CPU_OVERLAYS = {
+    "smoke_m50": ({"sir_num_proposals"}, None),  # SIR at M = 50
+    "smoke_batch2": (set(), 2),  # stage 1 at batch 2
+    "smoke_batch1": (set(), 1),  # stage 1 at batch 1
+}
+
+
+@pytest.mark.parametrize("overlay", sorted(CPU_OVERLAYS))
+@pytest.mark.parametrize("paper_file", PAPER_FILES, ids=lambda p: p.stem)
+def test_the_cpu_overlays_change_only_what_they_name(paper_file, overlay):
+    may_change, batch = CPU_OVERLAYS[overlay]
+    smoke = _params(paper_file, SMOKE)
+    narrowed = _params(paper_file, SMOKE, REPO / "params" / "test" / f"{overlay}.yaml")
+    ExperimentConfig.from_params(narrowed)  # still a valid experiment
+    before, after = _architecture(smoke), _architecture(narrowed)
+    assert {key for key in before if before[key] != after[key]} <= may_change
+    assert narrowed["vae"]["train"]["batch_size"] == (batch or smoke["vae"]["train"]["batch_size"])
+    assert narrowed["experiment"] == "smoke" and narrowed["data"]["train_limit"] == smoke["data"]["train_limit"]
+
+
 def test_train_vae_stops_after_max_steps_and_records_the_data_it_saw(tmp_path):
     # A stand-in train split of 64 binary 32x32 images, batch 4: 16 steps per epoch, cut to 3.
     images = torch.randint(0, 256, (64, 1, 32, 32), dtype=torch.uint8)
