@@ -106,7 +106,9 @@ def test_the_cpu_overlays_change_only_what_they_name(paper_file, overlay):
     before, after = _architecture(smoke), _architecture(narrowed)
     assert {key for key in before if before[key] != after[key]} <= may_change
     assert narrowed["vae"]["train"]["batch_size"] == (batch or smoke["vae"]["train"]["batch_size"])
-    assert narrowed["experiment"] == "smoke" and narrowed["data"]["train_limit"] == smoke["data"]["train_limit"]
+    assert (
+        narrowed["experiment"] == "smoke" and narrowed["data"]["train_limit"] == smoke["data"]["train_limit"]
+    )
 
 
 def test_train_vae_stops_after_max_steps_and_records_the_data_it_saw(tmp_path):
