@@ -89,26 +89,25 @@ def test_the_smoke_overlay_keeps_the_architecture_and_shrinks_the_work(paper_fil
 
 # The overlays a small CPU adds after the smoke's (README, "Before a long run"): each may change only what
 # its comment names, or a smoke row measured with it would no longer be the paper file's architecture.
-CPU_OVERLAYS = {
-    "smoke_m50": ({"sir_num_proposals"}, None),  # SIR at M = 50
-    "smoke_batch2": (set(), 2),  # stage 1 at batch 2
-    "smoke_batch1": (set(), 1),  # stage 1 at batch 1
+CPU_OVERLAYS = {  # overlay: (architecture keys it may change, stage-1 settings it sets)
+    "smoke_m50": ({"sir_num_proposals"}, {}),  # SIR at M = 50
+    "smoke_batch2": (set(), {"batch_size": 2}),
+    "smoke_batch1": (set(), {"batch_size": 1}),
+    "smoke_one_step": (set(), {"max_steps": 1}),
 }
 
 
 @pytest.mark.parametrize("overlay", sorted(CPU_OVERLAYS))
 @pytest.mark.parametrize("paper_file", PAPER_FILES, ids=lambda p: p.stem)
 def test_the_cpu_overlays_change_only_what_they_name(paper_file, overlay):
-    may_change, batch = CPU_OVERLAYS[overlay]
+    may_change, stage1 = CPU_OVERLAYS[overlay]
     smoke = _params(paper_file, SMOKE)
     narrowed = _params(paper_file, SMOKE, REPO / "params" / "test" / f"{overlay}.yaml")
     ExperimentConfig.from_params(narrowed)  # still a valid experiment
     before, after = _architecture(smoke), _architecture(narrowed)
     assert {key for key in before if before[key] != after[key]} <= may_change
-    assert narrowed["vae"]["train"]["batch_size"] == (batch or smoke["vae"]["train"]["batch_size"])
-    assert (
-        narrowed["experiment"] == "smoke" and narrowed["data"]["train_limit"] == smoke["data"]["train_limit"]
-    )
+    assert narrowed["vae"]["train"] == {**smoke["vae"]["train"], **stage1}
+    assert narrowed["experiment"] == "smoke" and narrowed["data"] == smoke["data"]
 
 
 def test_train_vae_stops_after_max_steps_and_records_the_data_it_saw(tmp_path):
