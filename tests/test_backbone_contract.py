@@ -1,6 +1,7 @@
 """What the stages ask of every backbone (ncp.models.base.LatentVAE) instead of checking which one it
 is: the typed config from params, data-dependent initialisation, the KL term, the regulariser, the
-scored dimensions and the preparation for low-temperature sampling. Each is checked on NVAE, the MLP VAE
+scored dimensions, the preparation for low-temperature sampling and the one-group pass a stream-mode NCE
+job draws its pairs with. Each is checked on NVAE, the MLP VAE
 and the conv VAE against a known answer, so a backbone that gets one wrong fails here by name."""
 
 from __future__ import annotations
@@ -145,3 +146,82 @@ def test_prepare_for_temperature_readjusts_only_nvae_batchnorm(arch):
         )
     else:
         assert changed == set()
+
+
+# NVAE with a flow cell per group, beside the tiny one: the flows run inside the
+# posterior side, so a stopped pass that skipped or reordered them would change z_k or its draws.
+FLOW_NVAE = {**TINY_NVAE_ARGS, "num_nf": 1}
+
+
+def forward_and_group(model: torch.nn.Module, x: torch.Tensor, group: int):
+    """forward's group ``group`` and posterior_group's, each right after the same seed."""
+    with torch.no_grad():
+        torch.manual_seed(7)
+        full = model(x)
+        torch.manual_seed(7)
+        draw = model.posterior_group(x, group)
+    return full, draw
+
+
+@pytest.mark.parametrize("arch", [*ARCHES, "nvae+flows"])
+def test_posterior_group_equals_forwards_group_under_the_same_seed(arch):
+    # A stream-mode NCE job learns from posterior_group's (z_k, context, prior) in place of forward's. It
+    # can differ only by a wrong stopping point (a group short: another group's z), a draw out of order
+    # (z_<k from other noise, so another context) or a prior built from the wrong state: each changes the
+    # values compared here, exactly (the same operations in the same order give the same bits).
+    if arch == "nvae+flows":
+        torch.manual_seed(0)
+        model = build_vae("nvae", dataclasses.asdict(backbone_config("nvae", FLOW_NVAE, "mnist5k"))).eval()
+    else:
+        model = tiny(arch).eval()
+    x = binary_images(3)
+    for group in range(model.num_groups):
+        full, draw = forward_and_group(model, x, group)
+        assert torch.equal(draw.latent, full.latents[group])
+        assert (draw.context is None) == (full.contexts[group] is None)
+        if draw.context is not None:
+            assert torch.equal(draw.context, full.contexts[group])
+        for z in (full.latents[group], torch.randn_like(full.latents[group])):
+            assert torch.equal(draw.prior.log_prob(z), full.priors[group].log_prob(z))
+    with pytest.raises(ValueError, match=f"group {model.num_groups} out of range"):
+        model.posterior_group(x, model.num_groups)
+
+
+def test_nvae_posterior_group_runs_no_cell_below_its_group():
+    # The point of posterior_group: job k of K runs the encoder and the walk down to group k, not the
+    # decoder combiners, posterior combiners and post-process cells below it. Counted by hooks, so a pass
+    # that stopped only after the whole walk (the values would still be equal) fails here.
+    from ncp.models.nvae.cells import DecCombinerCell, EncCombinerCell
+
+    model = tiny("nvae").eval()
+    calls = {"decoder combiner": 0, "posterior combiner": 0, "post-process": 0}
+
+    def count(kind):
+        def hook(*_):
+            calls[kind] += 1
+
+        return hook
+
+    for module in model.modules():
+        if isinstance(module, DecCombinerCell):
+            module.register_forward_hook(count("decoder combiner"))
+        elif isinstance(module, EncCombinerCell):
+            module.register_forward_hook(count("posterior combiner"))
+    for cell in model.post_process:
+        cell.register_forward_hook(count("post-process"))
+    x = binary_images(2)
+    num_groups = model.num_groups
+    for group in range(num_groups):
+        calls.update(dict.fromkeys(calls, 0))
+        with torch.no_grad():
+            model.posterior_group(x, group)
+        # groups 0..k-1 each fed z into the decoder; groups 1..k each built q from a posterior combiner
+        assert calls == {"decoder combiner": group, "posterior combiner": group, "post-process": 0}
+    calls.update(dict.fromkeys(calls, 0))
+    with torch.no_grad():
+        model(x)
+    assert calls == {
+        "decoder combiner": num_groups,
+        "posterior combiner": num_groups - 1,
+        "post-process": len(model.post_process),
+    }

@@ -32,13 +32,22 @@ GroupSampler = Callable[[int, Distribution, Tensor | None], Tensor]
 class VAEOutput:
     """What one encoder + decoder pass returns, per image and per latent group."""
 
-    logits: Tensor  # decoder output parameters, (B, C_out, H, W) or (B, D)
+    logits: Tensor | None  # decoder output parameters, (B, C_out, H, W) or (B, D); None: a walk stopped early
     log_q: Tensor  # (B,) log q(z | x), summed over groups (post-flow where flows are used)
     log_p: Tensor  # (B,) log p(z), summed over groups
     kl: Tensor  # (B, K) KL(q || p) per group (single-sample estimate where flows are used)
     latents: list[Tensor]  # z_k ~ q(z_k | z_<k, x), each (B, *group_shape)
     contexts: list[Tensor | None]  # c(z_<k) for each group, computed from the z_<k above
     priors: list[Distribution]  # p(z_k | z_<k) for each group, batch shape (B,)
+
+
+@dataclass
+class GroupDraw:
+    """One group of a posterior pass: what a stage-2 classifier of that group learns from."""
+
+    latent: Tensor  # z_k ~ q(z_k | z_<k, x), (B, *group_shape)
+    context: Tensor | None  # c(z_<k), computed from z_<k drawn from q
+    prior: Distribution  # p(z_k | z_<k), batch shape (B,)
 
 
 @dataclass
@@ -64,6 +73,10 @@ class LatentVAE(Protocol):
 
     def forward(self, x: Tensor, noise_scale: float = 1.0) -> VAEOutput:
         """Encode x, sample every group from q (noise scaled by ``noise_scale``), decode."""
+
+    def posterior_group(self, x: Tensor, group: int, noise_scale: float = 1.0) -> GroupDraw:
+        """forward's z_group, context and prior, equal to forward's under the same seed; a backbone may
+        stop its decoder after that group (NVAE does: a stream-mode NCE job needs nothing below it)."""
 
     def log_px(self, logits: Tensor, x: Tensor) -> Tensor:
         """log p(x | z) per image, (B,), for decoder output ``logits``."""

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Independent, Normal, kl_divergence
 
-from ncp.models.base import GroupSampler, PriorWalk, VAEOutput, sample_from_prior
+from ncp.models.base import GroupDraw, GroupSampler, PriorWalk, VAEOutput, sample_from_prior
 from ncp.priors.gmm import GMMPrior
 
 BasePriorKind = Literal["gaussian", "gmm"]
@@ -184,6 +184,13 @@ class SingleGroupVAE(nn.Module):
             contexts=[None],
             priors=[prior],
         )
+
+    def posterior_group(self, x: Tensor, group: int, noise_scale: float = 1.0) -> GroupDraw:
+        """The one group of forward (the decoder runs too: it is the cheap part of a single-group VAE)."""
+        if group != 0:
+            raise ValueError(f"group {group} out of range for a VAE with 1 group")
+        output = self(x, noise_scale)
+        return GroupDraw(output.latents[0], None, output.priors[0])
 
     def walk_prior(self, num_images: int, choose: GroupSampler, temperature: float = 1.0) -> PriorWalk:
         """Build the base prior (std scaled by ``temperature``), let ``choose`` pick z, decode."""

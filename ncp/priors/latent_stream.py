@@ -4,7 +4,9 @@ For datasets whose cache would not fit on disk (CelebA-64 with 30 groups: ~5.6 M
 per image, ~0.9 TB for the training set), the pairs of one batch are made on the fly: the training
 images of the batch go through the VAE and only group k's rows are kept. Every epoch is then a fresh
 pass over the training images (new binarisation and posterior noise), memory is one batch, and the
-price is one VAE forward pass per NCE step in each of the K jobs. The batch of (seed, epoch, b) uses
+price is one VAE pass per NCE step in each of the K jobs. That pass stops after group k (the contract's
+``posterior_group``): the decoder cells and posterior cells below it are not needed to know z_<=k, and
+on NVAE they are most of the work for most groups (the finer scales carry more groups and cost more). The batch of (seed, epoch, b) uses
 its own seeded RNG, so the order and the draws are reproducible and a resumed job sees the same pairs.
 """
 
@@ -54,11 +56,9 @@ class StreamedPairs:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # the VAE's sampling, seeded per batch
             torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-            output = self.model(x, noise_scale=1.0)
-            k = self.group
-            z_p = output.priors[k].sample()
-        context = output.contexts[k]
-        return output.latents[k], z_p, context
+            draw = self.model.posterior_group(x, self.group, noise_scale=1.0)  # stops below the group
+            z_p = draw.prior.sample()
+        return draw.latent, z_p, draw.context
 
     def batches(
         self, wanted: Tensor, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True, start=(0, 0)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Independent
 
-from ncp.models.base import GroupSampler, PriorWalk, VAEOutput, sample_from_prior
+from ncp.models.base import GroupDraw, GroupSampler, PriorWalk, VAEOutput, sample_from_prior
 from ncp.models.nvae.cells import DecCombinerCell, EncCombinerCell
 from ncp.models.nvae.config import (
     ARCH_CELLS,
@@ -164,9 +164,11 @@ class NVAE(nn.Module):
         return state, slot_features[::-1]  # deepest slot pairs with decoder group 1 (ladder structure)
 
     def _top_down(
-        self, batch_size: int, pick: LatentPicker
-    ) -> tuple[Tensor, list[Tensor], list[Tensor | None]]:
-        """The decoder walk shared by forward and sampling: (output parameters, z per group, contexts)."""
+        self, batch_size: int, pick: LatentPicker, last_group: int | None = None
+    ) -> tuple[Tensor | None, list[Tensor], list[Tensor | None]]:
+        """The decoder walk shared by forward and sampling: (output parameters, z per group, contexts).
+        With ``last_group`` the walk stops once that group is picked (output parameters None): nothing
+        below it is needed to know z_<=k, and on a 36-group model most cells lie below most groups."""
         latents: list[Tensor] = []
         contexts: list[Tensor | None] = []
 
@@ -182,13 +184,19 @@ class NVAE(nn.Module):
             return z
 
         if self.config.is_vanilla:
-            state = self.stem_decoder(visit(0, None))
+            z = visit(0, None)
+            if last_group == 0:
+                return None, latents, contexts
+            state = self.stem_decoder(z)
         else:
             state = self.prior_ftr0.unsqueeze(0).expand(batch_size, -1, -1, -1)  # (B, C, H, W)
             k = 0
             for cell in self.dec_tower:
                 if isinstance(cell, DecCombinerCell):
-                    state = cell(state, visit(k, state))
+                    z = visit(k, state)
+                    if k == last_group:
+                        return None, latents, contexts
+                    state = cell(state, z)
                     k += 1
                 else:
                     state = cell(state)
@@ -205,6 +213,19 @@ class NVAE(nn.Module):
     def forward(self, x: Tensor, noise_scale: float = 1.0) -> VAEOutput:
         """Encode x (B, C, H, W) in [0, 1], draw each z_k = mu_q + noise_scale * sigma_q * eps (0: the mean),
         decode. kl[:, k] is analytic, or log q - log p at the post-flow z when flows are used."""
+        return self._posterior_pass(x, noise_scale)
+
+    def posterior_group(self, x: Tensor, group: int, noise_scale: float = 1.0) -> GroupDraw:
+        """forward's z_group, its prior and context, with the walk stopped after that group: the same
+        values as forward's under the same seed (the draws of z_<=k come in the same order)."""
+        if not 0 <= group < self.num_groups:
+            raise ValueError(f"group {group} out of range for a VAE with {self.num_groups} groups")
+        output = self._posterior_pass(x, noise_scale, last_group=group)
+        return GroupDraw(output.latents[group], output.contexts[group], output.priors[group])
+
+    def _posterior_pass(self, x: Tensor, noise_scale: float, last_group: int | None = None) -> VAEOutput:
+        """forward, or with ``last_group`` its groups up to that one (logits None, kl and log q / log p
+        over those groups only)."""
         self._check_images(x)
         if noise_scale < 0:
             raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
@@ -229,7 +250,7 @@ class NVAE(nn.Module):
             priors.append(Independent(p, 3, validate_args=False))
             return z
 
-        logits, latents, contexts = self._top_down(x.size(0), posterior)
+        logits, latents, contexts = self._top_down(x.size(0), posterior, last_group)
         return VAEOutput(
             logits=logits,
             log_q=torch.stack(log_q, 1).sum(1),
