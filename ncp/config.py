@@ -233,6 +233,7 @@ class SampleConfig:
     sir: SIRConfig
     ld: LDConfig
     grid_size: int  # = run.grid_size
+    grid_readjust_passes: int  # = run.grid_readjust_passes
     timed_batch_sizes: tuple[int, ...]
 
 
@@ -299,6 +300,7 @@ class RunConfig:
     sir_chunk_size: int
     grid_temperature: float
     grid_size: int
+    grid_readjust_passes: int
     mem_mb: dict
 
 

@@ -151,6 +151,7 @@ def with_run_settings(params: dict) -> dict:
     params["nce"]["checkpoint_every"] = run["nce_checkpoint_every"]
     params["sample"]["temperature"] = run["grid_temperature"]
     params["sample"]["grid_size"] = run["grid_size"]
+    params["sample"]["grid_readjust_passes"] = run["grid_readjust_passes"]
     params["sample"]["sir"]["chunk_size"] = run["sir_chunk_size"]
     return params
 

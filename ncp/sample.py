@@ -80,7 +80,9 @@ def qualitative_grid(model, choose, sample: SampleConfig) -> torch.Tensor:
     of the model the backbone has prepared for that temperature (NVAE re-adjusts its BatchNorm statistics).
     Never used for the quantitative numbers."""
     model = copy.deepcopy(model)
-    model.prepare_for_temperature(sample.temperature, batch_size=min(64, sample.batch_size))
+    model.prepare_for_temperature(
+        sample.temperature, batch_size=min(64, sample.batch_size), num_passes=sample.grid_readjust_passes
+    )
     return draw_samples(model, choose, sample.grid_size, sample.batch_size, sample.temperature)["images"]
 
 

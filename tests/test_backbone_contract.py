@@ -135,11 +135,18 @@ def test_scored_dims_are_the_values_log_px_sums_over(arch, expected):
 def test_prepare_for_temperature_readjusts_only_nvae_batchnorm(arch):
     model = tiny(arch).eval()
     before = {name: value.clone() for name, value in model.state_dict().items()}
+    walks = []
+    sample = model.sample
+    model.sample = lambda num_images, temperature: walks.append((num_images, temperature)) or sample(
+        num_images, temperature
+    )
     torch.manual_seed(2)
-    model.prepare_for_temperature(0.5, batch_size=8)
+    model.prepare_for_temperature(0.5, batch_size=8, num_passes=3)
     after = model.state_dict()
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert not model.training  # ready to sample
+    # run.grid_readjust_passes prior batches of the grid's batch size at its temperature (NVAE only)
+    assert walks == ([(8, 0.5)] * 3 if arch == "nvae" else [])
     if arch == "nvae":  # only BatchNorm running statistics move (NVAE's --readjust_bn), never a weight
         assert changed and all(
             name.endswith(("running_mean", "running_var", "num_batches_tracked")) for name in changed

@@ -39,8 +39,10 @@ def test_run_settings_are_no_stage_params_and_old_places_say_where_they_went():
     with pytest.raises(ConfigError, match=r"^params: device is now run\.device"):
         resolve_params({"device": "cpu"})
     # the stage modules still read them in place, filled from `run`
-    cfg = ExperimentConfig.from_params({"run": {"checkpoint_every": 7, "grid_size": 9, "device": "cpu"}})
+    run = {"checkpoint_every": 7, "grid_size": 9, "grid_readjust_passes": 3, "device": "cpu"}
+    cfg = ExperimentConfig.from_params({"run": run})
     assert (cfg.vae.train.checkpoint_every, cfg.sample.grid_size, cfg.device) == (7, 9, "cpu")
+    assert cfg.sample.grid_readjust_passes == 3
 
 
 # Stands in for `ncp` on PATH: writes a stage's output files (empty) and nothing else, so Snakemake runs
@@ -96,7 +98,8 @@ def test_changing_run_settings_reruns_nothing_but_a_science_change_does(tmp_path
     nothing = _snakemake(tmp_path, "-n", "--configfile", "params/test/micro.yaml", env=env)
     assert "Nothing to be done" in nothing.stdout + nothing.stderr
     assert "missing provenance" not in nothing.stdout + nothing.stderr  # every trigger could have fired
-    # device, threads, checkpoint frequency, SIR chunk, grid temperature and size, memory: all run settings
+    # device, threads, checkpoint frequency, SIR chunk, the grids' temperature, size and BatchNorm passes,
+    # memory: all run settings
     run = {
         "device": "cpu",
         "threads": 3,
@@ -104,6 +107,7 @@ def test_changing_run_settings_reruns_nothing_but_a_science_change_does(tmp_path
         "sir_chunk_size": 2,
         "grid_temperature": 0.5,
         "grid_size": 4,
+        "grid_readjust_passes": 2,
         "mem_mb": {"train_vae": 123},
     }
     changed_run = _snakemake(tmp_path, "-n", "--configfile", _overlay(tmp_path, "run", {"run": run}), env=env)

@@ -112,9 +112,10 @@ class LatentVAE(Protocol):
     def scored_dims(self) -> int:
         """Values per image that log p(x|z) scores: the D of bits/dim."""
 
-    def prepare_for_temperature(self, temperature: float, batch_size: int) -> None:
+    def prepare_for_temperature(self, temperature: float, batch_size: int, num_passes: int = 100) -> None:
         """Get ready to sample at a reduced ``temperature`` for qualitative figures (NVAE re-adjusts its
-        BatchNorm statistics, in place: call it on a copy); a no-op where nothing depends on it."""
+        BatchNorm statistics over ``num_passes`` prior batches, in place: call it on a copy); a no-op where
+        nothing depends on it."""
 
 
 def sample_from_prior(k: int, prior: Distribution, context: Tensor | None) -> Tensor:

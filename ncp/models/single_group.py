@@ -223,5 +223,5 @@ class SingleGroupVAE(nn.Module):
     def initialise_from_data(self, images: Tensor) -> None:
         """No data-dependent initialisation unless a subclass has one (the MLP VAE does)."""
 
-    def prepare_for_temperature(self, temperature: float, batch_size: int) -> None:
+    def prepare_for_temperature(self, temperature: float, batch_size: int, num_passes: int = 100) -> None:
         """Nothing to adjust: the temperature only scales the prior's std (no BatchNorm re-estimate)."""

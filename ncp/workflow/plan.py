@@ -23,7 +23,6 @@ PAPER_FID_SAMPLES = 50_000  # the paper's FIDs use 50,000 samples
 READ_IMAGE_SECONDS = (
     0.002  # decoding and resizing one JPEG/PNG (prepare_data is untimed: files may be absent)
 )
-BN_READJUST_PASSES = 100  # ncp.sample.qualitative_grid re-adjusts BatchNorm with 100 prior batches
 
 
 def estimate_seconds(job: Job, t: dict) -> float:
@@ -148,7 +147,7 @@ def make_plan(params: dict, device: str, timing_batch: int | None = 4) -> tuple[
             )
             t["readjusts_batchnorm"] = p["vae"]["arch"] == "nvae" and p["sample"]["temperature"] != 1.0
             grid_batch = min(64, p["sample"]["batch_size"])
-            t["bn_readjust_s"] = BN_READJUST_PASSES * grid_batch * t["base_image_s"]
+            t["bn_readjust_s"] = p["run"]["grid_readjust_passes"] * grid_batch * t["base_image_s"]
             by_key[key] = t
         timing[name] = by_key[key]
     rows = []

@@ -370,10 +370,10 @@ class NVAE(nn.Module):
     def initialise_from_data(self, images: Tensor) -> None:
         """NVAE starts from its own initialisation: the training images are not needed."""
 
-    def prepare_for_temperature(self, temperature: float, batch_size: int) -> None:
-        """NVAE's --readjust_bn: BatchNorm statistics of prior samples at ``temperature`` (100 passes)."""
+    def prepare_for_temperature(self, temperature: float, batch_size: int, num_passes: int = 100) -> None:
+        """NVAE's --readjust_bn: BatchNorm statistics of ``num_passes`` prior batches at ``temperature``."""
         with torch.no_grad():
-            readjust_batchnorm(self, temperature, num_passes=100, batch_size=batch_size)
+            readjust_batchnorm(self, temperature, num_passes=num_passes, batch_size=batch_size)
 
 
 @torch.no_grad()
