@@ -137,8 +137,8 @@ def test_prepare_for_temperature_readjusts_only_nvae_batchnorm(arch):
     before = {name: value.clone() for name, value in model.state_dict().items()}
     walks = []
     sample = model.sample
-    model.sample = lambda num_images, temperature: walks.append((num_images, temperature)) or sample(
-        num_images, temperature
+    model.sample = lambda num_images, temperature: (
+        walks.append((num_images, temperature)) or sample(num_images, temperature)
     )
     torch.manual_seed(2)
     model.prepare_for_temperature(0.5, batch_size=8, num_passes=3)

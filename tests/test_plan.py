@@ -27,6 +27,7 @@ def _fake_timing(groups: int) -> dict:
         "vae_peak_bytes": 1e9,
         "num_parameters": 1000,
         "encode_image_s": 0.01,
+        "stream_image_s": [0.01] * groups,  # cache.mode stream only: job k's pass, stopped after group k
         "base_image_s": 0.1,
         "sir_proposal_s": 0.0125,
         "load_s": 0.25,
@@ -121,18 +122,23 @@ def test_disk_and_memory_follow_the_shapes_and_the_cache_dtype():
 
 
 def test_stream_mode_writes_no_cache_and_prices_the_vae_passes_inside_each_nce_job():
-    # Fails if the plan still counted a cache on disk, or left out the VAE forward passes that
-    # cache.mode: stream moves into every NCE job (one per training image and epoch).
+    # Fails if the plan still counted a cache on disk, or left out the VAE passes that cache.mode: stream
+    # moves into every NCE job (one per training image and epoch), or priced job k's pass as another
+    # group's (each stops after its own group, so the later groups' jobs cost more).
     params = _micro()
     params["cache"]["mode"] = "stream"
-    t = _fake_timing(4)
+    t = {**_fake_timing(4), "stream_image_s": [0.001, 0.002, 0.004, 0.008]}
     jobs = [j for j in plan_jobs.study_jobs(params) if j.experiment == "micro"]
     cache = next(j for j in jobs if j.stage == "cache_latents")
     assert cache.units == 0 and plan.disk_bytes(cache, params, t) == 0
-    nce = next(j for j in jobs if j.stage == "train_nce")
-    # 256 images, 51 held out, batch 64, 2 epochs: 8 steps; and 2 x 256 VAE passes at 0.01 s
-    assert nce.units == 8
-    assert plan.estimate_seconds(nce, t) == pytest.approx(2.0 + 8 * 0.25 + 0.5 + 0.25 + 2 * 256 * 0.01)
+    nce = {j.detail["group"]: j for j in jobs if j.stage == "train_nce"}
+    # 256 images, 51 held out, batch 64, 2 epochs: 8 steps; and 2 x 256 VAE passes at group k's price
+    for k, price in enumerate(t["stream_image_s"]):
+        assert nce[k].units == 8
+        assert plan.estimate_seconds(nce[k], t) == pytest.approx(
+            2.0 + 8 * 0.25 + 0.5 + 0.25 + 2 * 256 * price
+        )
+    nce = nce[0]
     # the VAE and the images live in the NCE job now, not a shard buffer; the timed peak (6e8) already
     # holds the VAE beside the classifiers, so the sampling peak is not added again (that double count
     # estimated the 30-group smoke's NCE jobs at 2.1x their measured 2.4 GB)
@@ -250,6 +256,33 @@ def test_stage2_timing_prices_sir_per_proposal_from_a_chunk_no_larger_than_m(
     assert timed_sizes == [(timed, timed)]
     assert result["sir_proposal_s"] >= 0 and result["load_s"] > 0
     assert len(result["nce_step_s"]) == len(result["group_shapes"]) == 4
+
+
+def test_stream_timing_prices_each_groups_stopped_pass_from_five_timed_groups(monkeypatch):
+    # ncp plan prices stream-mode job k at posterior_group(x, k). Fails if it times every group (36
+    # stopped passes cost ~18 whole forward passes at 256x256), times other groups than the five spread
+    # from first to last, or does not interpolate between them; and if time_stage2 leaves the prices out.
+    import ncp.workflow.plan_timing as timing
+
+    calls = []
+
+    class NineGroups:
+        num_groups = 9
+
+        def posterior_group(self, x, k):
+            calls.append(k)
+            return k
+
+    # a pass's "seconds" are 1 + its group squared, so interpolation is visible between timed groups
+    monkeypatch.setattr(timing, "_timed", lambda fn, device, warm_up=True: 1.0 + fn() ** 2)
+    prices = timing._group_pass_seconds(NineGroups(), None, torch.device("cpu"))
+    assert calls == [8, 0, 2, 4, 6, 8]  # one warm-up through the whole walk, then the five groups
+    assert prices[::2] == [1.0, 5.0, 17.0, 37.0, 65.0]
+    assert prices[1::2] == [3.0, 11.0, 27.0, 51.0]  # halfway between the neighbours
+    monkeypatch.undo()
+    params = _micro()
+    params["cache"]["mode"] = "stream"
+    assert len(timing.time_stage2(params, "cpu")["stream_image_s"]) == 4
 
 
 # The main run's latent groups in each paper file: the paper's own counts (30 groups for CIFAR-10 and

@@ -15,6 +15,7 @@ import multiprocessing
 import resource
 import time
 
+import numpy
 import torch
 
 TIMED_STEPS = 2  # after one warm-up step: enough to see the steady cost, cheap at paper sizes
@@ -26,9 +27,10 @@ def _peak_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def _timed(fn, device: torch.device, repeats: int = 1) -> float:
-    """Mean wall seconds of ``fn()`` over ``repeats`` calls, after one warm-up call."""
-    fn()
+def _timed(fn, device: torch.device, repeats: int = 1, warm_up: bool = True) -> float:
+    """Mean wall seconds of ``fn()`` over ``repeats`` calls, after one warm-up call (unless not asked)."""
+    if warm_up:
+        fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     started = time.perf_counter()
@@ -107,6 +109,8 @@ def time_stage2(params: dict, device_name: str) -> dict:
     result.update(group_shapes=group_shapes, context_shapes=context_shapes)
     with torch.no_grad():
         result["encode_image_s"] = _timed(lambda: model(x), device) / images
+        if cfg.cache.mode == "stream":  # job k's pass stops after group k (LatentVAE.posterior_group)
+            result["stream_image_s"] = [s / images for s in _group_pass_seconds(model, x, device)]
         result["base_image_s"] = _timed(lambda: model.walk_prior(images, sample_from_prior), device) / images
     classifiers = [
         build_classifier(g, c, hidden=cfg.nce.hidden, num_blocks=cfg.nce.num_blocks).to(device).eval()
@@ -135,6 +139,17 @@ def time_stage2(params: dict, device_name: str) -> dict:
         nce_step_s=steps, classifier_parameters=classifier_parameters, peak_bytes=_peak_bytes(device)
     )
     return result
+
+
+def _group_pass_seconds(model, x: torch.Tensor, device: torch.device, points: int = 5) -> list[float]:
+    """Seconds of ``model.posterior_group(x, k)`` for every group k: timed at ``points`` groups spread from
+    the first to the last, linear in between. Not every group: on a 36-group model the passes of all of
+    them add up to ~18 whole forward passes, and the cost grows smoothly down the hierarchy."""
+    last = model.num_groups - 1
+    timed = sorted({round(i * last / (points - 1)) for i in range(points)})
+    model.posterior_group(x, last)  # warm-up, through every cell a pass can reach
+    seconds = [_timed(lambda k=k: model.posterior_group(x, k), device, warm_up=False) for k in timed]
+    return [float(numpy.interp(k, timed, seconds)) for k in range(last + 1)]
 
 
 def _checkpoint_load_seconds(model, device: torch.device) -> float:
