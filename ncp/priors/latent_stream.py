@@ -6,8 +6,9 @@ images of the batch go through the VAE and only group k's rows are kept. Every e
 pass over the training images (new binarisation and posterior noise), memory is one batch, and the
 price is one VAE pass per NCE step in each of the K jobs. That pass stops after group k (the contract's
 ``posterior_group``): the decoder cells and posterior cells below it are not needed to know z_<=k, and
-on NVAE they are most of the work for most groups (the finer scales carry more groups and cost more). The batch of (seed, epoch, b) uses
-its own seeded RNG, so the order and the draws are reproducible and a resumed job sees the same pairs.
+on NVAE they are most of the work for most groups (the finer scales carry more groups and cost more).
+The batch of (seed, epoch, b) uses its own seeded RNG, so the order and the draws are reproducible and a
+resumed job sees the same pairs.
 """
 
 from __future__ import annotations
