@@ -36,9 +36,9 @@ def estimate_seconds(job: Job, t: dict) -> float:
         return t["startup_s"] + t["build_s"] + t["load_s"] + job.units * t["encode_image_s"]
     if job.stage == "train_nce":
         # cache.mode stream: the job also loads the VAE and runs it over its images, down to its group
-        streamed = job.detail.get("stream_images", 0)
-        per_image = t["stream_image_s"][job.detail["group"]] if streamed else 0.0
-        drawing = (t["build_s"] + t["load_s"] + streamed * per_image) if streamed else 0.0
+        streamed, drawing = job.detail.get("stream_images", 0), 0.0
+        if streamed:
+            drawing = t["build_s"] + t["load_s"] + streamed * t["stream_image_s"][job.detail["group"]]
         return t["startup_s"] + job.units * t["nce_step_s"][job.detail["group"]] + drawing
     if job.stage == "sample":
         method = job.detail["method"]
