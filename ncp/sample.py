@@ -58,21 +58,34 @@ def draw_samples(
     only per batch would show nothing for that long."""
     images, latents = [], [[] for _ in range(model.num_groups)]
     bar = progress_bar(num_samples, desc or "", disable=desc is None)
+    batch_start, group_draws = 0, 0  # group_draws: this batch's draws so far (an image counts once a group)
 
     def choose_and_count(k, prior, context):
+        nonlocal group_draws
         z = choose(k, prior, context)
-        bar.update(len(z) / model.num_groups)
+        group_draws += len(z)
+        _move_bar(bar, batch_start + group_draws / model.num_groups)
         return z
 
-    for start in range(0, num_samples, batch_size):
-        walk = model.walk_prior(min(batch_size, num_samples - start), choose_and_count, temperature)
+    for batch_start in range(0, num_samples, batch_size):
+        group_draws = 0
+        walk = model.walk_prior(min(batch_size, num_samples - batch_start), choose_and_count, temperature)
         with torch.no_grad():
             images.append(float_to_uint8(model.mean_image(walk.logits)).cpu())
         for k, z in enumerate(walk.latents):
             latents[k].append(z.detach().cpu())
-        bar.update(start + len(images[-1]) - bar.n)  # whole images again (the group fractions' rounding)
+        _move_bar(bar, batch_start + len(images[-1]))
     bar.close()
     return {"images": torch.cat(images), "latents": [torch.cat(z) for z in latents]}
+
+
+def _move_bar(bar, position: float) -> None:
+    """Put ``bar`` at ``position`` images; it redraws once its interval has passed.
+
+    Set, not added: K additions of n/K can round past n (n/36 added 36 times gives n + 4e-16), and a bar
+    past its total makes tqdm warn "clamping frac to range [0, 1]" in the log."""
+    bar.n = position
+    bar.update(0)
 
 
 def qualitative_grid(model, choose, sample: SampleConfig) -> torch.Tensor:

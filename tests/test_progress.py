@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ncp.progress import progress_bar
 
 
@@ -41,7 +43,7 @@ def test_sampling_progress_moves_a_group_at_a_time_within_one_batch(monkeypatch)
     class RecordingBar:
         n = 0.0
 
-        def update(self, amount):
+        def update(self, amount):  # draw_samples sets n, then calls update(0) to redraw
             self.n += amount
             positions.append(self.n)
 
@@ -53,3 +55,42 @@ def test_sampling_progress_moves_a_group_at_a_time_within_one_batch(monkeypatch)
     assert drawn["images"].shape[0] == 2
     assert positions[:4] == [0.5, 1.0, 1.5, 2.0]  # a quarter of the batch after each of the 4 groups
     assert positions[-2:] == [2.0, "closed"]  # whole images at the end of the batch
+
+
+@pytest.mark.parametrize("num_samples, batch_size", [(3, 3), (8, 8), (7, 3)])
+def test_sampling_progress_never_passes_its_total_at_36_groups(capsys, monkeypatch, num_samples, batch_size):
+    # The official CelebA-HQ-256 NVAE has 36 groups: 3 images / 36 added 36 times is 3 + 9e-16, and a
+    # bar past its total made tqdm warn "clamping frac to range [0, 1]" in the sampling logs. Fails if
+    # the bar's position is summed from the group fractions again, or if it stops short of its total.
+    import warnings
+    from types import SimpleNamespace
+
+    import torch
+
+    from ncp import sample
+
+    num_groups = 36
+
+    class FakeModel:  # the walk's contract only: one call of the chooser per group, then an image
+        def walk_prior(self, batch, choose, temperature):
+            latents = [choose(k, None, torch.zeros(batch, 1)) for k in range(num_groups)]
+            return SimpleNamespace(latents=latents, logits=torch.zeros(batch, 1, 2, 2))
+
+        def mean_image(self, logits):
+            return logits
+
+    def bar_redrawn_at_every_move(total, desc, disable=False):  # a long job's log redraws mid-batch
+        bar = progress_bar(total, desc, disable=disable)
+        bar.mininterval, bar.miniters, bar.dynamic_miniters = 0, 0, False
+        return bar
+
+    monkeypatch.setattr(sample, "progress_bar", bar_redrawn_at_every_move)
+    model = FakeModel()
+    model.num_groups = num_groups
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # tqdm's TqdmWarning is a Warning: any one now fails the test
+        drawn = sample.draw_samples(
+            model, lambda k, prior, context: context, num_samples, batch_size, desc="sample sir"
+        )
+    assert drawn["images"].shape[0] == num_samples and len(drawn["latents"]) == num_groups
+    assert f"{num_samples}/{num_samples}" in capsys.readouterr().err
