@@ -170,6 +170,56 @@ def test_every_compute_rule_declares_threads_memory_and_a_benchmark(tmp_path):
     assert seen == compute
 
 
+# Stands in for `ncp` as FAKE_NCP does, and logs when each NCE job started and ended (it takes 2 s).
+TIMED_FAKE_NCP = FAKE_NCP.replace(
+    "for output in outputs:",
+    """if args[0] == "train-nce":
+    import time
+    started = time.time()
+    time.sleep(2)
+    with open("nce_spans.txt", "a") as spans:
+        spans.write(f"{started} {time.time()}\\n")
+for output in outputs:""",
+)
+
+
+@pytest.mark.parametrize("share, side_by_side", [(0.6, False), (0.3, True)])
+def test_a_local_run_starts_jobs_side_by_side_only_while_their_memory_fits(tmp_path, share, side_by_side):
+    # Snakemake alone caps threads at --cores but memory at nothing: two NCE jobs asking 0.6 of this
+    # machine's memory each would run at once and meet the OOM killer together. The workflow registers
+    # the machine's memory as the mem_mb resource, so they run one after the other; at 0.3 each, two fit.
+    # Fails if the registration is gone (both shares overlap) or counts wrong (neither does).
+    from ncp.workflow.machine import memory_mb
+
+    copy_workflow(tmp_path)
+    bin_dir = tmp_path / "fake-bin"
+    bin_dir.mkdir()
+    (bin_dir / "ncp").write_text(TIMED_FAKE_NCP)
+    (bin_dir / "ncp").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    request = int(share * memory_mb())
+    overlay = _overlay(tmp_path, "memory", {"run": {"mem_mb": {"train_nce": request}}})
+    result = _snakemake(tmp_path, "--cores", "2", "--configfile", overlay, "--until", "train_nce", env=env)
+    assert f"mem_mb={request}" in result.stdout + result.stderr  # the request as asked (not capped)
+    spans = sorted(
+        tuple(map(float, line.split())) for line in (tmp_path / "nce_spans.txt").read_text().splitlines()
+    )
+    assert len(spans) == 6  # the micro study's 4 groups and its Table 7 sub-experiment's 2
+    overlapping = any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
+    assert overlapping == side_by_side, spans
+
+
+def test_a_local_job_asking_more_memory_than_the_machine_has_runs_alone_not_never(tmp_path):
+    # The paper files ask 64 GB for stage 1: on a smaller machine the request is lowered to the machine's
+    # memory (the job then runs alone). Fails if such a request stops the run ("Job needs mem_mb=...").
+    from ncp.workflow.machine import memory_mb
+
+    copy_workflow(tmp_path)
+    overlay = _overlay(tmp_path, "big", {"run": {"mem_mb": {"train_vae": 10 * memory_mb()}}})
+    result = _snakemake(tmp_path, "-n", "--cores", "2", "--configfile", overlay)
+    assert f"mem_mb={memory_mb()}," in result.stdout
+
+
 def test_snakemake_caps_a_jobs_threads_at_the_cores(tmp_path):
     # With --cores 1 every job runs with (and passes torch) 1 thread, so the threads of the jobs running
     # at once never exceed the cores (a dry run shows the declared 2; Snakemake scales them when it runs).

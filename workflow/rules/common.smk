@@ -10,6 +10,7 @@ from snakemake.utils import validate
 from ncp.params import ConfigError, num_latent_groups, resolve_params, stage_params_json
 from ncp.gpu_slots import visible_gpus
 from ncp.workflow.code_deps import stage_code
+from ncp.workflow.machine import memory_mb as machine_memory_mb
 from ncp.workflow.study import (
     overlay_study,
     sharing_owner,
@@ -128,6 +129,10 @@ def _gpus_here():
 # the default profile: Snakemake applies that profile over --profile slurm, whose cap would be lost.
 if not (workflow.non_local_exec or workflow.remote_exec) and "gpu" not in workflow.global_resources:
     workflow.register_resource("gpu", len(visible_gpus()))
+# ... and its jobs' memory at this machine's (ncp/workflow/machine.py), unless --resources mem_mb=N: jobs
+# run side by side only while their `run.mem_mb` requests add up to no more; a larger request runs alone.
+if not (workflow.non_local_exec or workflow.remote_exec) and "mem_mb" not in workflow.global_resources:
+    workflow.register_resource("mem_mb", machine_memory_mb())
 
 
 _GPUS_HERE = None
