@@ -3,6 +3,7 @@ of every paper file, with the timing replaced by known prices (the timing itself
 the README's "Cost plan", not a test; one test runs the real timing code to check what it times)."""
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,7 @@ def _fake_timing(groups: int) -> dict:
         "context_shapes": [None] + [(8, 2, 2)] * (groups - 1),
         "sample_peak_bytes": 5e8,
         "peak_bytes": 6e8,
+        "threads": 1,
     }
 
 
@@ -283,6 +285,20 @@ def test_stream_timing_prices_each_groups_stopped_pass_from_five_timed_groups(mo
     params = _micro()
     params["cache"]["mode"] = "stream"
     assert len(timing.time_stage2(params, "cpu")["stream_image_s"]) == 4
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: every thread count is 1")
+def test_the_timing_processes_run_at_the_jobs_threads():
+    # The jobs run at run.threads (Snakemake lowers it to --cores); a timing process left at torch's
+    # default takes every core, and priced the 1-thread smoke jobs as if they had two. Fails if the
+    # child is not set to the run's threads, or the timing of two thread counts is shared.
+    import ncp.workflow.plan_timing as timing
+
+    params = _micro()
+    params["run"]["threads"] = 1
+    assert timing.time_experiment(params, "cpu", timing_batch=4)["threads"] == 1
+    threaded = dict(params, run={**params["run"], "threads": 2})
+    assert plan._timing_key(threaded) != plan._timing_key(params)
 
 
 # The main run's latent groups in each paper file: the paper's own counts (30 groups for CIFAR-10 and

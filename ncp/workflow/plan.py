@@ -126,7 +126,8 @@ def peak_bytes(job: Job, params: dict, t: dict) -> float:
 def _timing_key(params: dict) -> str:
     import json
 
-    return json.dumps({k: params[k] for k in ("data", "vae", "nce", "sample", "cache")}, sort_keys=True)
+    priced = {k: params[k] for k in ("data", "vae", "nce", "sample", "cache")}
+    return json.dumps({**priced, "threads": params["run"]["threads"]}, sort_keys=True)
 
 
 def make_plan(params: dict, device: str, timing_batch: int | None = 4) -> tuple[list[dict], dict]:
@@ -252,7 +253,7 @@ def run(params: dict, device: str, timing_batch: int | None, compare: str | None
     lines = [
         f"ncp plan: experiment `{params['experiment']}` on {torch_device}; {len(rows)} jobs timed from "
         f"{TIMED_STEPS_NOTE} (stage 1 at batch {main.get('vae_timed_batch', '-')}, scaled to "
-        f"{params['vae']['train']['batch_size']})",
+        f"{params['vae']['train']['batch_size']}) at {main['threads']} thread(s) per job, as its jobs run",
         "",
         stage_table(rows).to_markdown(floatfmt=".3g"),
         "",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import os
 import resource
 import time
 
@@ -191,13 +192,17 @@ def _classifier_step_seconds(classifier, group_shape, context_shape, nce, device
     return _timed(step, device, TIMED_STEPS)
 
 
-def _child(stage: str, args: tuple, queue) -> None:
+def _child(stage: str, args: tuple, threads: int, queue) -> None:
+    from ncp.runtime import set_threads
+
     ready = time.time()
     # what any job's process holds before its work: the interpreter and torch (prepare_data adds only images)
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     try:
+        set_threads(threads)  # as the jobs do: a job's price is at its own threads
         result = time_stage1(*args) if stage == "stage1" else time_stage2(*args)
         result["baseline_bytes"] = baseline
+        result["threads"] = torch.get_num_threads()
         queue.put(("ok", ready, result))
     except Exception as error:  # reported in the parent, which owns the terminal
         queue.put(("error", ready, f"{type(error).__name__}: {error}"))
@@ -206,13 +211,15 @@ def _child(stage: str, args: tuple, queue) -> None:
 def time_experiment(params: dict, device: str, timing_batch: int | None) -> dict:
     """Both timing processes for one experiment; ``startup_s`` is a fresh process's start-up and imports."""
     context = multiprocessing.get_context("spawn")
+    # Snakemake gives a job run.threads, lowered to --cores: at most this machine's cores
+    threads = min(params["run"]["threads"], os.cpu_count() or 1)
     merged = {}
     for stage, args in (("stage1", (params, device, timing_batch)), ("stage2", (params, device))):
         if stage == "stage1" and params["vae"]["init_checkpoint"]:
             continue  # an imported checkpoint: no stage-1 training to time
         queue = context.Queue()
         started = time.time()
-        process = context.Process(target=_child, args=(stage, args, queue))
+        process = context.Process(target=_child, args=(stage, args, threads, queue))
         process.start()
         status, ready, result = queue.get()
         process.join()
