@@ -3,12 +3,14 @@ overlays, file modes and abandoned jobs."""
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
 import sys
 import textwrap
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -170,40 +172,26 @@ def test_every_compute_rule_declares_threads_memory_and_a_benchmark(tmp_path):
     assert seen == compute
 
 
-# Stands in for `ncp` as FAKE_NCP does, and logs when each NCE job started and ended (it takes 2 s).
-TIMED_FAKE_NCP = FAKE_NCP.replace(
-    "for output in outputs:",
-    """if args[0] == "train-nce":
-    import time
-    started = time.time()
-    time.sleep(2)
-    with open("nce_spans.txt", "a") as spans:
-        spans.write(f"{started} {time.time()}\\n")
-for output in outputs:""",
-)
-
-
 @pytest.mark.parametrize("share, side_by_side", [(0.6, False), (0.3, True)])
 def test_a_local_run_starts_jobs_side_by_side_only_while_their_memory_fits(tmp_path, share, side_by_side):
     # Snakemake alone caps threads at --cores but memory at nothing: two NCE jobs asking 0.6 of this
     # machine's memory each would run at once and meet the OOM killer together. The workflow registers
     # the machine's memory as the mem_mb resource, so they run one after the other; at 0.3 each, two fit.
-    # Fails if the registration is gone (both shares overlap) or counts wrong (neither does).
+    # Fails if the registration is gone (both shares overlap) or counts wrong (neither does). The real
+    # micro jobs run (a stand-in `ncp` first on PATH is not what Snakemake runs when it was started
+    # through a pyenv shim or a virtualenv's bin), and each NCE job logs when it started and finished.
     from ncp.workflow.machine import memory_mb
 
     copy_workflow(tmp_path)
-    bin_dir = tmp_path / "fake-bin"
-    bin_dir.mkdir()
-    (bin_dir / "ncp").write_text(TIMED_FAKE_NCP)
-    (bin_dir / "ncp").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     request = int(share * memory_mb())
     overlay = _overlay(tmp_path, "memory", {"run": {"mem_mb": {"train_nce": request}}})
-    result = _snakemake(tmp_path, "--cores", "2", "--configfile", overlay, "--until", "train_nce", env=env)
+    result = _snakemake(tmp_path, "--cores", "2", "--configfile", overlay, "--until", "train_nce")
     assert f"mem_mb={request}" in result.stdout + result.stderr  # the request as asked (not capped)
-    spans = sorted(
-        tuple(map(float, line.split())) for line in (tmp_path / "nce_spans.txt").read_text().splitlines()
-    )
+    spans = []
+    for log in (tmp_path / "results").rglob("train_nce_*.log"):
+        stamps = re.findall(r"(?:started|finished) at (\S+)", log.read_text())
+        spans.append(tuple(datetime.fromisoformat(stamp) for stamp in stamps))
+    spans.sort()
     assert len(spans) == 6  # the micro study's 4 groups and its Table 7 sub-experiment's 2
     overlapping = any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
     assert overlapping == side_by_side, spans
