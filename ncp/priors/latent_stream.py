@@ -47,9 +47,9 @@ class StreamedPairs:
             self.train_set = self.train_set.subset(num_images)
         self.group, self.fingerprint = group, fingerprint
         self.num_images = self.num_pairs = len(self.train_set.images)  # one pair per image per epoch
-        z_q, _, context = self._draw(torch.arange(1), torch.Generator().manual_seed(0))
-        self.group_shape = tuple(z_q.shape[1:])
-        self.context_shape = None if context is None else tuple(context.shape[1:])
+        self.group_shape = tuple(self.model.group_shapes()[group])  # the model contract, not a test draw
+        context_shape = self.model.context_shapes()[group]
+        self.context_shape = None if context_shape is None else tuple(context_shape)
 
     @torch.no_grad()
     def _draw(self, images: Tensor, generator: torch.Generator) -> Batch:
