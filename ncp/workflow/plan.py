@@ -31,7 +31,9 @@ def estimate_seconds(job: Job, t: dict) -> float:
     if job.stage == "prepare_data":
         return t["startup_s"] + job.units * READ_IMAGE_SECONDS
     if job.stage == "train_vae":
-        return (t["startup_s"] + t["build_s"] + job.units * t["vae_step_s"]) if job.units else t["startup_s"]
+        if not job.units:
+            return t["startup_s"]
+        return t["startup_s"] + t["build_s"] + t["vae_first_step_s"] + (job.units - 1) * t["vae_step_s"]
     if job.stage == "cache_latents":
         return t["startup_s"] + t["build_s"] + t["load_s"] + job.units * t["encode_image_s"]
     if job.stage == "train_nce":
@@ -55,6 +57,9 @@ def estimate_seconds(job: Job, t: dict) -> float:
             + t["load_s"]
             + job.units * t["encode_image_s"]
             + job.detail["log_z"] * t["base_image_s"]
+            # each log Z prior walk and each NCP importance sample (half the passes) also runs every
+            # group's classifier once: one SIR proposal's price
+            + (job.detail["log_z"] + job.units / 2) * t["sir_proposal_s"]
         )
     raise ValueError(f"no estimate for stage {job.stage!r}")
 
