@@ -87,7 +87,8 @@ def stage1_peak_at_batch(built_bytes: int, held_bytes: int, timed_peak_bytes: in
 
 
 def time_stage1(params: dict, device_name: str, timing_batch: int | None) -> dict:
-    """Seconds per stage-1 optimiser step at the real batch, model build time, and peak memory."""
+    """Seconds of stage 1's first and of a steady optimiser step at the real batch, model build time, and
+    peak memory."""
     from ncp.train_vae import build_optimizer, train_step
 
     device = torch.device(device_name)
