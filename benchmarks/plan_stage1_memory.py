@@ -3,10 +3,10 @@
     python benchmarks/plan_stage1_memory.py params/default.yaml params/paper/celebahq256_nvae_20groups.yaml \
         params/smoke.yaml params/test/smoke_m50.yaml params/test/smoke_batch2.yaml --timed-batch 1 --batches 2 4
 
-Runs stage 1's real optimiser steps at ``--timed-batch`` in this process (as the plan's timing process
-does), then prints the built and held bytes, the timed peak, and for each of ``--batches`` the plan's price
-(``stage1_peak_at_batch``: only the activations grow) beside the old price (the whole rise above the built
-model grown). Compare with a measured run at that batch (the smoke's `benchmark:` file or GNU time).
+Runs the plan's own stage-1 timing (``plan_timing.time_stage1``: real optimiser steps at ``--timed-batch``)
+in this process, then prints the built and held bytes, the timed peak, and for each of ``--batches`` the
+plan's price (``stage1_peak_at_batch``: only the activations grow) beside the old price (the whole rise
+above the built model grown). Compare with a measured run at that batch (a `benchmark:` file or GNU time).
 """
 
 import argparse
@@ -15,7 +15,6 @@ import json
 import torch
 
 from ncp.params import load_params_files
-from ncp.train_vae import build_optimizer, train_step
 from ncp.workflow import plan_timing
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -25,16 +24,10 @@ parser.add_argument("--batches", type=int, nargs="+", default=[2, 4])
 args = parser.parse_args()
 
 torch.set_num_threads(1)  # the smoke's jobs run one thread
-device = torch.device("cpu")
-cfg, model, _ = plan_timing._build(load_params_files(args.params), device)
-optimizer = build_optimizer(model, cfg.vae.train)
-built = plan_timing._peak_bytes(device)
-x = plan_timing._random_batch(cfg, model, args.timed_batch, device)
-model.train()
-for _ in range(1 + plan_timing.TIMED_STEPS):  # a warm-up step and the timed ones, as the plan runs them
-    train_step(model, optimizer, x, 1.0, cfg.vae.train, cfg.vae.arch == "nvae")
-peak = plan_timing._peak_bytes(device)
-held = plan_timing.held_training_bytes(model, optimizer)
+measured = plan_timing.time_stage1(load_params_files(args.params), "cpu", args.timed_batch)[
+    "vae_measured_bytes"
+]
+built, held, peak = measured["built"], measured["held"], measured["timed_peak"]
 GB = 1e9
 report = {"built_GB": built / GB, "held_GB": held / GB, f"peak_at_batch_{args.timed_batch}_GB": peak / GB}
 for batch in args.batches:

@@ -113,6 +113,7 @@ def time_stage1(params: dict, device_name: str, timing_batch: int | None) -> dic
         "vae_first_step_s": first_step_s * scale,
         "vae_timed_batch": timed,
         "vae_peak_bytes": stage1_peak_at_batch(rss_built, held, peak, scale),
+        "vae_measured_bytes": {"built": rss_built, "held": held, "timed_peak": peak},  # the price's inputs
         "num_parameters": sum(p.numel() for p in model.parameters()),
     }
 
